@@ -1,0 +1,133 @@
+"""What every fused kernel receives: the launch contract shared by the C++/CUDA and Triton backends.
+
+A kernel gets
+  * ``logits`` (N x C, any float dtype, unit column stride), ``labels`` (N x C, any dtype as it is,
+    unit column stride), optional ``weight`` (expanded to N x C, any strides, may be 0),
+  * ``class_params`` (4 x C, contiguous, compute dtype): rows ``INV_FREQ`` 1/n_j, ``CLASS_W`` the
+    per-class weight (T/n_j, sqrt(T/n_j), cb_j or 1), ``FREQ`` n_j, ``BIAS`` the NTR bias b_j,
+  * ``aux`` (2, compute dtype, on the device): ``[0]`` the reduction scale (1/count for mean, else 1),
+    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1,
+  * the ``KernelSpec`` fields as scalars/flags,
+and returns ``(loss, grad)``: loss is N x C (reduction "none") or a 0-d tensor (sum of the scaled
+element losses, summed in a fixed order), in the compute dtype; grad is d loss / d logits in the
+logits' dtype when ``need_grad`` else an empty tensor.
+
+Per element (y known, y+ = max(y, 0), mirrors ``reference``):
+    w  = reweight(row stats)                 REWEIGHT_* below
+    w /= row max (by_instance: rebalance uses W_MAX = extreme 1/n_j, class vector uses W_MAX = max cb/T/n)
+       or *= aux[1] (by_batch)
+    NTR: s = y+ + lam (1 - y+), x = (z + b) s, w' = w (y+ + (1 - y+)/lam)        (logit_reg)
+    l = max(x,0) - x y+ + log1p(exp(-|x|)),  u = -expm1(-l) = 1 - p_t
+    focal: L = scale * u^gamma * w' * l;  dL/dx = scale * w' (sigmoid(x) - y+) u^gamma (1 + gamma p_t l/u)
+           (l/u := 1 when u == 0; p_t = 1 - u)
+    plain: L = scale * w' * l;            dL/dx = scale * w' (sigmoid(x) - y+)
+    dL/dz = dL/dx * s;   both times weight_ij, times aux[0]; zero where y == -1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .reference import LossConfig, compute_dtype
+
+INV_FREQ, CLASS_W, FREQ, BIAS = range(4)
+
+REWEIGHT_NONE, REWEIGHT_REBALANCE, REWEIGHT_CLASS, REWEIGHT_CB_AVG_W, REWEIGHT_CB_AVG_N, REWEIGHT_CB_MIN_N = range(6)
+NORM_NONE, NORM_INSTANCE, NORM_BATCH = range(3)
+REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
+_REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    reweight_mode: int
+    weight_norm: int
+    logit_reg: bool
+    focal: bool
+    reduction: int
+    map_alpha: float
+    map_beta: float
+    map_gamma: float
+    cb_beta: float
+    neg_scale: float
+    gamma: float
+    scale: float   # balance_param * loss_weight (focal) or loss_weight
+    w_max: float   # by_instance: extreme 1/n_j (rebalance) or max class weight (class vector)
+
+
+def _reweight_mode(cfg: LossConfig):
+    if cfg.reweight == "rebalance":
+        return REWEIGHT_REBALANCE
+    if cfg.reweight in ("inv", "sqrt_inv") or (cfg.reweight == "CB" and cfg.cb_mode == "by_class"):
+        return REWEIGHT_CLASS
+    if cfg.reweight == "CB":
+        return {"average_w": REWEIGHT_CB_AVG_W, "average_n": REWEIGHT_CB_AVG_N, "min_n": REWEIGHT_CB_MIN_N}[cfg.cb_mode]
+    return REWEIGHT_NONE
+
+
+def class_params(class_freq: np.ndarray, train_num: float, cfg: LossConfig) -> np.ndarray:
+    """The 4 x C per-class table in float64, computed on the host once per loss object."""
+    n = np.asarray(class_freq, dtype=np.float64)
+    table = np.empty((4, n.shape[0]), dtype=np.float64)
+    table[INV_FREQ] = 1.0 / n
+    table[FREQ] = n
+    if cfg.reweight in ("inv", "sqrt_inv"):
+        table[CLASS_W] = train_num / n if cfg.reweight == "inv" else np.sqrt(train_num / n)
+    elif cfg.reweight == "CB":
+        table[CLASS_W] = (1.0 - cfg.cb_beta) / (1.0 - np.power(cfg.cb_beta, n))
+    else:
+        table[CLASS_W] = 1.0
+    bias = -np.log(train_num / n - 1.0) * cfg.init_bias
+    table[BIAS] = (bias / cfg.neg_scale if cfg.ntr_bias == "official" else bias) if cfg.logit_reg else 0.0
+    return table
+
+
+def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
+    mode = _reweight_mode(cfg)
+    if mode == REWEIGHT_REBALANCE:
+        inv = table[INV_FREQ]
+        # sigmoid(beta * (q / r - gamma)) is monotone in q, so the row max sits at an extreme q
+        w_max = float(inv.max() if cfg.map_beta >= 0 else inv.min())
+    else:
+        w_max = float(table[CLASS_W].max())
+    return KernelSpec(
+        reweight_mode=mode,
+        weight_norm={None: NORM_NONE, "by_instance": NORM_INSTANCE, "by_batch": NORM_BATCH}[cfg.weight_norm],
+        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=_REDUCTIONS[cfg.reduction],
+        map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
+        cb_beta=float(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
+        gamma=float(cfg.gamma),
+        scale=float(cfg.balance_param * cfg.loss_weight if cfg.focal else cfg.loss_weight),
+        w_max=w_max,
+    )
+
+
+def may_hold_unknown(labels: torch.Tensor) -> bool:
+    """Only signed label dtypes can hold -1; for bool/uint8 the count is known on the host."""
+    return labels.dtype.is_floating_point or labels.dtype.is_signed and labels.dtype != torch.bool
+
+
+def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None):
+    """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs."""
+    dtype = compute_dtype(logits)
+    n_elem = labels.numel()
+    if cfg.reduction != "mean":
+        scale = torch.ones((), dtype=dtype, device=logits.device)
+    elif avg_factor is not None:
+        scale = 1.0 / torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
+    elif may_hold_unknown(labels):
+        scale = 1.0 / (labels != -1).sum().to(dtype)
+    else:
+        scale = torch.full((), 1.0 / n_elem if n_elem else math.nan, dtype=dtype, device=logits.device)
+    if spec.weight_norm == NORM_BATCH and n_elem:
+        from . import reference
+
+        y = labels.to(dtype)
+        w = reference.reweight(y, class_freq.to(device=logits.device, dtype=dtype), train_num, cfg)
+        inv_norm = 1.0 / w.amax()
+    else:
+        inv_norm = torch.ones((), dtype=dtype, device=logits.device)
+    return torch.stack([scale.reshape(()), inv_norm.reshape(())])

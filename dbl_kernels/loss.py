@@ -1,0 +1,250 @@
+"""Public API: ``DistributionBalancedLoss``, ``distribution_balanced_loss`` and ``ResampleLoss``."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from . import backends, ops, reference
+from ._spec import class_params, kernel_spec, make_aux
+from .reference import LossConfig
+from .stats import PRESETS, ClassStats
+
+_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
+
+# The authors' configs per data set (their configs/coco and configs/voc DB-focal files).
+PRESET_CONFIGS = {
+    "coco-mlt": dict(),
+    "voc-mlt": dict(map_gamma=0.3, neg_scale=5.0),
+}
+
+
+def _as_stats(stats):
+    if isinstance(stats, ClassStats):
+        return stats
+    if isinstance(stats, str):
+        return ClassStats.preset(stats) if stats in PRESETS else ClassStats.load(stats)
+    raise TypeError(f"stats must be a ClassStats or a preset name ('coco-mlt', 'voc-mlt'), got {type(stats).__name__}; "
+                    "build one with ClassStats.from_labels / from_counts / load")
+
+
+def _check_inputs(logits, labels, weight, num_classes, validate_labels):
+    """Shape/dtype checks on the host; value checks on CPU tensors (on accelerators only on request,
+    because reading values back would stall the device)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if logits.dtype not in _LOGIT_DTYPES:
+        raise TypeError(f"logits must be float16, bfloat16, float32 or float64, got {logits.dtype}; "
+                        "cast with logits.float()")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N x C), got shape {tuple(logits.shape)}; "
+                         "flatten extra dimensions into N first")
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
+                         f"{num_classes} classes; pass the statistics of this label space")
+    if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise TypeError(f"labels dtype {labels.dtype} is not supported; use bool, uint8, int or float labels")
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but logits on {logits.device}; move them to one device")
+    if labels.requires_grad:
+        raise ValueError("labels require grad, but the loss is not differentiable in the labels; pass labels.detach()")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        try:
+            torch.broadcast_shapes(weight.shape, logits.shape)
+        except RuntimeError:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast to {tuple(logits.shape)}") from None
+        if torch.broadcast_shapes(weight.shape, logits.shape) != logits.shape:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} would enlarge the loss beyond {tuple(logits.shape)}")
+        if weight.device != logits.device:
+            raise ValueError(f"weight is on {weight.device} but logits on {logits.device}")
+    if validate_labels is None:
+        validate_labels = labels.device.type == "cpu"
+    if validate_labels and labels.numel() and labels.dtype != torch.bool:
+        _check_label_values(labels)
+
+
+def _check_label_values(labels):
+    lo, hi = torch.aminmax(labels)
+    lo, hi = float(lo), float(hi)
+    if not labels.dtype.is_floating_point:
+        if lo < -1 or hi > 1:
+            raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
+        return
+    if not (lo >= -1 and hi <= 1):  # also catches NaN
+        raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
+    if lo < 0 and bool(((labels < 0) & (labels != -1)).any()):
+        raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
+
+
+def _as_config(kwargs):
+    unknown = sorted(set(kwargs) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; the loss accepts {list(_CONFIG_FIELDS)} and backend")
+    return LossConfig(**kwargs)
+
+
+class DistributionBalancedLoss(nn.Module):
+    """Distribution-Balanced loss (Wu et al., ECCV 2020) for multi-label classification.
+
+    ``stats`` is a :class:`ClassStats` (or a preset name). Defaults are the authors' COCO-MLT
+    config. ``forward(logits, labels, weight=None)`` takes N x C logits and labels (1 positive,
+    0 negative, -1 unknown, or soft labels in [0, 1]).
+    """
+
+    def __init__(self, stats, *, reweight="rebalance", weight_norm=None, focal=True, gamma=2.0,
+                 balance_param=2.0, logit_reg=True, neg_scale=2.0, init_bias=0.05, ntr_bias="official",
+                 map_alpha=0.1, map_beta=10.0, map_gamma=0.2, cb_beta=0.9, cb_mode="average_w",
+                 loss_weight=1.0, reduction="mean", backend="auto", validate_labels=None):
+        super().__init__()
+        self.stats = _as_stats(stats)
+        self.config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
+                                 balance_param=balance_param, logit_reg=logit_reg, neg_scale=neg_scale,
+                                 init_bias=init_bias, ntr_bias=ntr_bias, map_alpha=map_alpha,
+                                 map_beta=map_beta, map_gamma=map_gamma, cb_beta=cb_beta, cb_mode=cb_mode,
+                                 loss_weight=loss_weight, reduction=reduction)
+        backends.check_backend_name(backend)
+        self.backend = backend
+        self.validate_labels = validate_labels
+        self._table = class_params(self.stats.class_freq, self.stats.train_num, self.config)
+        self.spec = kernel_spec(self._table, self.config)
+        self.register_buffer("class_freq", torch.from_numpy(self.stats.class_freq.copy()), persistent=False)
+        self.register_buffer("class_params", torch.from_numpy(self._table.copy()), persistent=False)
+        self._cast_cache = {}
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """The statistics and the authors' loss config of ``"coco-mlt"`` or ``"voc-mlt"``."""
+        if name not in PRESET_CONFIGS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESET_CONFIGS)}")
+        return cls(ClassStats.preset(name), **{**PRESET_CONFIGS[name], **overrides})
+
+    @property
+    def num_classes(self):
+        return self.stats.num_classes
+
+    def extra_repr(self):
+        cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
+        return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
+
+    def _params(self, dtype):
+        """class_params in the compute dtype, cast once per (device, dtype) and buffer version."""
+        buf = self.class_params
+        key = (buf.device, dtype, buf.data_ptr(), buf._version)
+        cached = self._cast_cache.get(key)
+        if cached is None:
+            cached = buf.to(dtype).contiguous()
+            self._cast_cache = {key: cached}
+        return cached
+
+    def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
+        cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
+        _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
+        backend = backends.resolve(self.backend, logits.device.type)
+        if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            backend = "reference"  # the fused kernels treat weight as a constant
+        if backend == "reference":
+            return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
+                                                        cfg, weight=weight, avg_factor=avg_factor)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg)
+
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg):
+        spec = self.spec if cfg is self.config else kernel_spec(self._table, cfg)
+        dtype = reference.compute_dtype(logits)
+        if logits.stride(-1) != 1:
+            logits = logits.contiguous()
+        if labels.stride(-1) != 1:
+            labels = labels.contiguous()
+        if weight is not None:
+            weight = weight.detach().expand(logits.shape)
+        aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor)
+        need_grad = torch.is_grad_enabled() and logits.requires_grad
+        loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, self._params(dtype), aux,
+                                                          spec, need_grad))
+        return loss
+
+
+def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", **options):
+    """Functional form of :class:`DistributionBalancedLoss` (same keywords)."""
+    module = _functional_cache(stats, backend, **options)
+    return module(logits, labels, weight)
+
+
+_FUNCTIONAL = {}
+
+
+def _functional_cache(stats, backend, **options):
+    config = _as_config(options)
+    stats = _as_stats(stats)
+    key = (id(stats), backend, config)
+    entry = _FUNCTIONAL.get(key)
+    if entry is None or entry[0] is not stats:
+        module = DistributionBalancedLoss(stats, backend=backend, **dataclasses.asdict(config))
+        if len(_FUNCTIONAL) > 32:
+            _FUNCTIONAL.clear()
+        entry = _FUNCTIONAL[key] = (stats, module)
+    return entry[1]
+
+
+class ResampleLoss(DistributionBalancedLoss):
+    """Drop-in for the authors' ``ResampleLoss`` (mllt/models/losses/resample_loss.py).
+
+    Takes their constructor keywords, so ``ResampleLoss(**cfg)`` from their configs works, and
+    returns what their training loop gets after its ``.mean()``. Differences, by design:
+      * statistics from ``freq_file`` are read without executing code; ``class_freq`` /
+        ``neg_class_freq`` or ``stats`` may be given instead;
+      * the caller's logits are never modified (theirs add the NTR bias in place);
+      * ``reweight_func=None`` with ``logit_reg`` works (theirs crashes);
+      * ``weight`` multiplies the element-wise loss (theirs ignores it); ``avg_factor`` divides the
+        summed loss for ``reduction="mean"`` (theirs ignores it);
+      * ``partial=True`` is accepted: -1 labels are always treated as unknown here.
+    """
+
+    def __init__(self, use_sigmoid=True, partial=False, loss_weight=1.0, reduction="mean",
+                 reweight_func=None, weight_norm=None,
+                 focal=dict(focal=True, balance_param=2.0, gamma=2),
+                 map_param=dict(alpha=10.0, beta=0.2, gamma=0.1),
+                 CB_loss=dict(CB_beta=0.9, CB_mode="average_w"),
+                 logit_reg=dict(neg_scale=5.0, init_bias=0.1),
+                 freq_file=None, *, class_freq=None, neg_class_freq=None, stats=None, backend="auto", **kwargs):
+        if not use_sigmoid:
+            raise NotImplementedError("ResampleLoss(use_sigmoid=False) (softmax cross-entropy) is not part of the "
+                                      "Distribution-Balanced loss; use torch.nn.CrossEntropyLoss")
+        if kwargs:
+            raise TypeError(f"ResampleLoss got unknown keyword(s) {sorted(kwargs)}")
+        given = [x is not None for x in (freq_file, class_freq, stats)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of freq_file=, class_freq= (with neg_class_freq=) or stats=")
+        if stats is None:
+            stats = (ClassStats.load(freq_file) if freq_file is not None
+                     else ClassStats(class_freq, neg_class_freq))
+        focal = dict(focal or {})
+        map_param = dict(map_param or {})
+        CB_loss = dict(CB_loss or {})
+        logit_reg = dict(logit_reg or {})
+        options = dict(
+            reweight=reweight_func, weight_norm=weight_norm, focal=bool(focal.get("focal", True)),
+            gamma=float(focal.get("gamma", 2.0)), balance_param=float(focal.get("balance_param", 2.0)),
+            logit_reg=bool(logit_reg), neg_scale=float(logit_reg.get("neg_scale", 1.0)),
+            init_bias=float(logit_reg.get("init_bias", 0.0)),
+            map_alpha=float(map_param.get("alpha", 10.0)), map_beta=float(map_param.get("beta", 0.2)),
+            map_gamma=float(map_param.get("gamma", 0.1)), cb_beta=float(CB_loss.get("CB_beta", 0.9)),
+            cb_mode=CB_loss.get("CB_mode", "average_w"), loss_weight=float(loss_weight), reduction=reduction,
+        )
+        super().__init__(stats, backend=backend, **options)
+        self.partial = partial
+
+    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None, **kwargs):
+        if reduction_override is not None and reduction_override not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction_override={reduction_override!r}; use 'none', 'mean' or 'sum'")
+        return super().forward(cls_score, label, weight, avg_factor, reduction_override)
+
+
+__all__ = ["DistributionBalancedLoss", "distribution_balanced_loss", "ResampleLoss", "PRESET_CONFIGS"]

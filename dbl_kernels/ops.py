@@ -1,0 +1,94 @@
+"""Autograd and fake-tensor glue shared by every fused kernel op.
+
+Each fused op returns ``(loss, grad)``: the forward already computed d loss / d logits, because the
+Jacobian is diagonal (every weight depends on labels only). Backward only multiplies that buffer by
+``grad_output``, in place; ``scale_grad_`` reads ``grad_output`` on the device and does nothing
+when it is exactly 1.0 (a plain ``loss.backward()``), so no second pass over the gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._spec import REDUCTION_NONE
+
+# Argument positions shared by every fused op's schema (see _spec.py):
+# (logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal, reduction,
+#  map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max, need_grad)
+OP_ARG_NAMES = ("logits", "labels", "weight", "class_params", "aux", "reweight_mode", "weight_norm",
+                "logit_reg", "focal", "reduction", "map_alpha", "map_beta", "map_gamma", "cb_beta",
+                "neg_scale", "gamma", "scale", "w_max", "need_grad")
+_REDUCTION = OP_ARG_NAMES.index("reduction")
+_NEED_GRAD = OP_ARG_NAMES.index("need_grad")
+
+
+def op_args(logits, labels, weight, class_params, aux, spec, need_grad):
+    return (logits, labels, weight, class_params, aux, spec.reweight_mode, spec.weight_norm,
+            spec.logit_reg, spec.focal, spec.reduction, spec.map_alpha, spec.map_beta, spec.map_gamma,
+            spec.cb_beta, spec.neg_scale, spec.gamma, spec.scale, spec.w_max, need_grad)
+
+
+def loss_dtype(logits):
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal,
+               reduction, map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max,
+               need_grad):
+    """Shapes and dtypes only: what torch.compile traces."""
+    dtype = loss_dtype(logits)
+    loss = (logits.new_empty(logits.shape, dtype=dtype) if reduction == REDUCTION_NONE
+            else logits.new_empty((), dtype=dtype))
+    grad = (logits.new_empty(logits.shape, memory_format=torch.contiguous_format) if need_grad
+            else logits.new_empty((0,)))
+    return loss, grad
+
+
+@torch.library.custom_op("dbl::scale_grad_", mutates_args=("grad",))
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """grad *= grad_output, skipped on the device when grad_output is a scalar 1.0."""
+    if grad_output.numel() == 1 and grad.is_cuda:
+        from . import backends
+
+        kernel = backends.cuda_scale_kernel()
+        if kernel is not None:
+            kernel(grad, grad_output)
+            return
+    if grad_output.numel() == 1 and grad_output.device.type == "cpu":
+        if grad_output.reshape(()).tolist() == 1.0:  # a CPU scalar: no device to wait for
+            return
+    grad.mul_(grad_output)
+
+
+@scale_grad_.register_fake
+def _(grad, grad_output):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    _, grad = output
+    ctx.save_for_backward(grad)
+    ctx.reduction = inputs[_REDUCTION]
+    ctx.has_grad = inputs[_NEED_GRAD]
+    ctx.n_inputs = len(inputs)
+    ctx.used = False
+
+
+def _backward(ctx, grad_loss, _grad_of_grad):
+    if not ctx.has_grad:
+        raise RuntimeError("dbl_kernels: the loss was computed without a gradient buffer "
+                           "(logits did not require grad when the loss ran)")
+    if ctx.used:
+        raise RuntimeError(
+            "dbl_kernels: this loss was already back-propagated. The fused backends keep one "
+            "gradient buffer and scale it in place, so backward through the same loss twice "
+            "(retain_graph=True) is not supported; recompute the loss, or use backend='reference'.")
+    ctx.used = True
+    (grad,) = ctx.saved_tensors
+    scale_grad_(grad, grad_loss)
+    return (grad,) + (None,) * (ctx.n_inputs - 1)
+
+
+def register(op):
+    """Attach the shared fake kernel and autograd formula to a fused op (C++ or Triton)."""
+    torch.library.register_fake(op)(fake_fused)
+    torch.library.register_autograd(op, _backward, setup_context=_setup_context)

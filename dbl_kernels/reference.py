@@ -1,0 +1,256 @@
+"""Pure-PyTorch reference of the Distribution-Balanced loss: the executable spec.
+
+One small function per term of Wu et al. (ECCV 2020), in the order the loss applies them:
+
+    w   = reweight(y)                          re-balancing weight          (Sec. 3.1)
+    w   = normalize(w)                         optional weight_norm
+    z', w' = negative_tolerant(z, w, y)        NTR logit shift + neg scale  (Sec. 3.2)
+    l   = bce(z', y)                           stable BCE-with-logits
+    L   = balance * (1 - p_t)^gamma * w' * l   focal modulation, p_t = exp(-l)
+
+The kernels (C++/CUDA and Triton) mirror these names and must match this module on every
+configuration. Everything runs on any device, differentiates with autograd and works in fp64.
+
+Conventions:
+  * ``y == -1`` marks an unknown label (partial labels): no loss, no gradient, left out of the row
+    sums and of the mean's count.  Soft labels in [0, 1] go through the same formulas.
+  * Row statistics treat ``max(y, 0)`` as the positive mass, so ignored entries add nothing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+REWEIGHTS = ("rebalance", "CB", "inv", "sqrt_inv", None)
+CB_MODES = ("by_class", "average_w", "average_n", "min_n")
+WEIGHT_NORMS = (None, "by_instance", "by_batch")
+NTR_BIASES = ("official", "paper")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Every option of the loss, validated once. Defaults are the authors' COCO-MLT config."""
+
+    reweight: str | None = "rebalance"
+    weight_norm: str | None = None
+    focal: bool = True
+    gamma: float = 2.0
+    balance_param: float = 2.0
+    logit_reg: bool = True
+    neg_scale: float = 2.0
+    init_bias: float = 0.05
+    ntr_bias: str = "official"
+    map_alpha: float = 0.1
+    map_beta: float = 10.0
+    map_gamma: float = 0.2
+    cb_beta: float = 0.9
+    cb_mode: str = "average_w"
+    loss_weight: float = 1.0
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        _choice("reweight", self.reweight, REWEIGHTS)
+        _choice("weight_norm", self.weight_norm, WEIGHT_NORMS)
+        _choice("ntr_bias", self.ntr_bias, NTR_BIASES)
+        _choice("cb_mode", self.cb_mode, CB_MODES)
+        _choice("reduction", self.reduction, REDUCTIONS)
+        for name in ("focal", "logit_reg"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("gamma", "balance_param", "neg_scale", "init_bias", "map_alpha",
+                     "map_beta", "map_gamma", "cb_beta", "loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a real number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0 (the focal exponent), got {self.gamma}")
+        if self.neg_scale <= 0:
+            raise ValueError(f"neg_scale must be > 0 (it divides the negatives' weight), got {self.neg_scale}")
+        if not 0.0 < self.cb_beta < 1.0:
+            raise ValueError(f"cb_beta must lie strictly between 0 and 1, got {self.cb_beta}")
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Class statistics as per-class tensors (the kernels receive exactly these).
+# --------------------------------------------------------------------------------------------
+def class_balanced_weight(n, cb_beta):
+    """Cui et al.'s effective-number weight (1 - beta) / (1 - beta^n)."""
+    return (1.0 - cb_beta) / (1.0 - torch.pow(torch.as_tensor(cb_beta, dtype=n.dtype, device=n.device), n))
+
+
+def ntr_bias(class_freq, train_num, cfg: LossConfig):
+    """b_j = -log(T/n_j - 1) * kappa [/ lambda]: starts each logit at the class prior."""
+    bias = -torch.log(train_num / class_freq - 1.0) * cfg.init_bias
+    return bias / cfg.neg_scale if cfg.ntr_bias == "official" else bias
+
+
+# --------------------------------------------------------------------------------------------
+# The terms.
+# --------------------------------------------------------------------------------------------
+def positives(labels):
+    """Positive mass of each entry: the label, with unknown (-1) entries counted as 0."""
+    return labels.clamp(min=0)
+
+
+def known(labels):
+    """1 where the label is known, 0 where it is -1."""
+    return (labels != -1).to(labels.dtype)
+
+
+def rebalance_weight(labels, class_freq, cfg: LossConfig):
+    """DB re-balancing: w_ij = alpha + sigmoid(beta * ((1/n_j) / r_i - gamma)), r_i = sum_j y_ij/n_j.
+
+    (1/n_j)/r_i is the ratio of the class-level sampling probability to the instance-level one
+    under class-aware re-sampling; a row with no positive has r_i = 0 and so weight alpha + 1.
+    """
+    inv_freq = 1.0 / class_freq
+    repeat_rate = (positives(labels) * inv_freq).sum(dim=1, keepdim=True)
+    return torch.sigmoid(cfg.map_beta * (inv_freq / repeat_rate - cfg.map_gamma)) + cfg.map_alpha
+
+
+def cb_weight(labels, class_freq, cfg: LossConfig):
+    """Class-balanced weight, per class or per row (averaged over the row's positives).
+
+    A row without any positive has nothing to average over: it falls back to the per-class weight
+    (the authors' code returns NaN there for average_w / average_n).
+    """
+    per_class = class_balanced_weight(class_freq, cfg.cb_beta).expand_as(labels)
+    if cfg.cb_mode == "by_class":
+        return per_class
+    pos = positives(labels)
+    count = pos.sum(dim=1, keepdim=True)
+    if cfg.cb_mode == "average_w":
+        row = (pos * per_class).sum(dim=1, keepdim=True) / count
+    elif cfg.cb_mode == "average_n":
+        row = class_balanced_weight((pos * class_freq).sum(dim=1, keepdim=True) / count, cfg.cb_beta)
+    else:  # min_n: the rarest positive class sets the row's weight
+        min_n = torch.where(pos > 0, class_freq.expand_as(labels), torch.inf).amin(dim=1, keepdim=True)
+        row = class_balanced_weight(min_n, cfg.cb_beta)
+    return torch.where(count > 0, row.expand_as(labels), per_class)
+
+
+def inverse_weight(labels, class_freq, train_num, cfg: LossConfig):
+    """Re-weighting by inverse frequency T/n_j, or its square root."""
+    weight = train_num / class_freq
+    if cfg.reweight == "sqrt_inv":
+        weight = weight.sqrt()
+    return weight.expand_as(labels)
+
+
+def reweight(labels, class_freq, train_num, cfg: LossConfig):
+    if cfg.reweight == "rebalance":
+        return rebalance_weight(labels, class_freq, cfg)
+    if cfg.reweight == "CB":
+        return cb_weight(labels, class_freq, cfg)
+    if cfg.reweight in ("inv", "sqrt_inv"):
+        return inverse_weight(labels, class_freq, train_num, cfg)
+    return torch.ones_like(labels)
+
+
+def normalize(weight, cfg: LossConfig):
+    """Optional weight_norm: divide by the row max or the batch max (over all C columns)."""
+    if cfg.weight_norm == "by_instance":
+        return weight / weight.amax(dim=1, keepdim=True)
+    if cfg.weight_norm == "by_batch" and weight.numel() > 0:
+        return weight / weight.amax()
+    return weight
+
+
+def negative_tolerant(logits, weight, labels, bias, cfg: LossConfig):
+    """NTR: shift logits by the class prior, scale negatives' logits by lambda, their weight by 1/lambda.
+
+    The large gradient a confident negative would otherwise receive is tempered, so the many
+    negatives of a tail class do not over-suppress it.
+    """
+    if not cfg.logit_reg:
+        return logits, weight
+    lam = cfg.neg_scale
+    pos = positives(labels)
+    logits = (logits + bias) * (pos + lam * (1.0 - pos))
+    weight = weight * (pos + (1.0 - pos) / lam)
+    return logits, weight
+
+
+def bce(logits, labels):
+    """Stable BCE-with-logits, element-wise: max(x,0) - x*y + log(1 + exp(-|x|))."""
+    return logits.clamp(min=0) - logits * labels + torch.log1p(torch.exp(-logits.abs()))
+
+
+class _FocalBCE(torch.autograd.Function):
+    """(1 - p_t)^gamma * l with p_t = exp(-l), l = bce(x, y), gradient through p_t.
+
+    Autograd of the naive form meets inf * 0 = NaN when gamma < 1 and a logit saturates
+    (l = 0).  The exact derivative is finite:
+        d/dx = (sigmoid(x) - y) * (1-p_t)^gamma * (1 + gamma * p_t * l / (1 - p_t)),
+    with l / (1 - p_t) -> 1 as l -> 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, gamma):
+        loss = bce(x, y)
+        modulator = -torch.expm1(-loss)  # 1 - p_t, accurate for small l
+        ctx.save_for_backward(x, y, loss, modulator)
+        ctx.gamma = gamma
+        return modulator.pow(gamma) * loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, loss, modulator = ctx.saved_tensors
+        gamma = ctx.gamma
+        p_t = 1.0 - modulator
+        ratio = torch.where(modulator > 0, loss / modulator, torch.ones_like(loss))
+        dfocal = (torch.sigmoid(x) - y) * modulator.pow(gamma) * (1.0 + gamma * p_t * ratio)
+        return grad * dfocal, None, None
+
+
+def focal_bce(logits, labels, cfg: LossConfig):
+    if not cfg.focal:
+        return bce(logits, labels)
+    return cfg.balance_param * _FocalBCE.apply(logits, labels, cfg.gamma)
+
+
+def reduce(loss, labels, cfg: LossConfig, avg_factor=None):
+    if cfg.reduction == "none":
+        return loss
+    total = loss.sum()
+    if cfg.reduction == "sum":
+        return total
+    count = known(labels).sum() if avg_factor is None else avg_factor
+    return total / count
+
+
+# --------------------------------------------------------------------------------------------
+# The whole loss.
+# --------------------------------------------------------------------------------------------
+def compute_dtype(logits):
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def distribution_balanced_loss(logits, labels, class_freq, train_num, cfg: LossConfig,
+                               weight=None, avg_factor=None):
+    """Reference DB loss. ``class_freq`` is a 1-D tensor of n_j, ``train_num`` T (float).
+
+    Math runs in fp32 (fp64 for fp64 logits); the loss comes back in that dtype and the gradient
+    with respect to ``logits`` in the logits' dtype (autograd casts it back).
+    """
+    dtype = compute_dtype(logits)
+    z = logits.to(dtype)
+    y = labels.to(dtype)
+    n = class_freq.to(device=z.device, dtype=dtype)
+    w = normalize(reweight(y, n, train_num, cfg), cfg)
+    x, w = negative_tolerant(z, w, y, ntr_bias(n, train_num, cfg), cfg)
+    loss = focal_bce(x, positives(y), cfg) * w * cfg.loss_weight
+    if weight is not None:
+        loss = loss * weight.to(dtype)
+    loss = loss * known(y)  # unknown labels: no loss, no gradient
+    return reduce(loss, y, cfg, avg_factor)

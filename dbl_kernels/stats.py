@@ -1,0 +1,204 @@
+"""Class statistics: positives n_j per class and the training-set size T.
+
+Everything is float64 numpy on the host, so deriving per-class tensors never syncs a device.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+_PRESET_DIR = Path(__file__).parent / "presets"
+PRESETS = {"coco-mlt": "coco_mlt_stats.npz", "voc-mlt": "voc_mlt_stats.npz"}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Loads the authors' class_freq.pkl without executing code.
+
+    Admits numpy arrays, dtypes and scalars and builtin containers; any other global (``os.system``,
+    ``builtins.eval``...) is refused before anything is called.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 2 pickles spell byte strings
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a class-frequency pickle: only numpy arrays "
+                "and builtin containers are allowed. Convert the file with a trusted tool to .npz/.json.")
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core" if hasattr(np, "_core") else "numpy.core")
+        return super().find_class(module, name)
+
+
+def _as_counts(name, value):
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of per-class counts, got shape {arr.shape}")
+    return arr
+
+
+class ClassStats:
+    """Per-class positive counts n_j (``class_freq``), negatives and the training-set size T.
+
+    Build with one of the constructors: ``from_labels``, ``from_counts``, ``from_fractions``,
+    ``load`` (``.npz``, ``.json`` or the authors' ``class_freq.pkl``) or ``preset``.
+    """
+
+    def __init__(self, class_freq, neg_class_freq=None, train_num=None, *, smooth=None):
+        freq = _as_counts("class_freq", class_freq)
+        if neg_class_freq is None and train_num is None:
+            raise ValueError("give neg_class_freq or train_num along with class_freq")
+        if train_num is None:
+            neg = _as_counts("neg_class_freq", neg_class_freq)
+            if neg.shape != freq.shape:
+                raise ValueError(f"neg_class_freq has shape {neg.shape} but class_freq has {freq.shape}")
+            totals = freq + neg
+            if not np.all(np.isfinite(totals)) or np.any(totals != totals[0]):
+                raise ValueError("class_freq + neg_class_freq must be the same training-set size for every class")
+            train_num = float(totals[0])
+        train_num = float(train_num)
+        if not np.isfinite(train_num) or train_num <= 0:
+            raise ValueError(f"train_num must be a positive number of training samples, got {train_num}")
+        if smooth is not None:
+            if not (isinstance(smooth, (int, float)) and smooth > 0):
+                raise ValueError(f"smooth must be a positive pseudo-count, got {smooth!r}")
+            freq = (freq + smooth) * train_num / (train_num + 2 * smooth)
+        self._validate(freq, train_num)
+        self._freq = freq
+        self._freq.setflags(write=False)
+        self._train_num = train_num
+        neg = train_num - freq
+        neg.setflags(write=False)
+        self._neg = neg
+
+    @staticmethod
+    def _validate(freq, train_num):
+        bad = np.flatnonzero(~np.isfinite(freq))
+        if bad.size:
+            raise ValueError(f"class_freq is NaN or infinite for classes {bad.tolist()[:20]}")
+        bad = np.flatnonzero(freq < 0)
+        if bad.size:
+            raise ValueError(f"class_freq is negative for classes {bad.tolist()[:20]}")
+        bad = np.flatnonzero(freq <= 0)
+        if bad.size:
+            raise ValueError(
+                f"classes {bad.tolist()[:20]} have no positive sample (n_j = 0): the DB weight and the "
+                "NTR bias need 0 < n_j < T. Drop these classes, or pass smooth=1.0 for add-one smoothing.")
+        bad = np.flatnonzero(freq >= train_num)
+        if bad.size:
+            raise ValueError(
+                f"classes {bad.tolist()[:20]} are positive in every sample (n_j >= T = {train_num:g}): the "
+                "NTR bias -log(T/n_j - 1) is undefined. Drop these classes, or pass smooth=1.0.")
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_counts(cls, class_freq, neg_class_freq=None, train_num=None, *, smooth=None):
+        return cls(class_freq, neg_class_freq, train_num, smooth=smooth)
+
+    @classmethod
+    def from_fractions(cls, fractions, train_num, *, smooth=None):
+        frac = _as_counts("fractions", fractions)
+        if np.any((frac < 0) | (frac > 1)):
+            raise ValueError("fractions must lie in [0, 1] (positives per class / train_num)")
+        return cls(frac * float(train_num), train_num=train_num, smooth=smooth)
+
+    @classmethod
+    def from_labels(cls, labels, *, distributed=False, smooth=None):
+        """Count positives per class in an N x C label matrix (-1 entries are ignored).
+
+        T is the number of rows. With ``distributed=True`` the counts are summed over all
+        ``torch.distributed`` ranks, so every rank gets the statistics of the whole data set.
+        """
+        import torch
+
+        t = torch.as_tensor(labels)
+        if t.dim() != 2:
+            raise ValueError(f"labels must be a 2-D N x C matrix, got shape {tuple(t.shape)}")
+        t = t.to(torch.float64)
+        counts = torch.cat([t.clamp(min=0).sum(0), t.new_tensor([t.shape[0]])])
+        if distributed:
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise ValueError("distributed=True needs an initialised torch.distributed process group")
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+        counts = counts.cpu().numpy()
+        return cls(counts[:-1], train_num=counts[-1], smooth=smooth)
+
+    @classmethod
+    def preset(cls, name):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.load(_PRESET_DIR / PRESETS[name])
+
+    @classmethod
+    def load(cls, path, *, smooth=None):
+        """Load ``.npz`` / ``.json`` written by ``save``, or the authors' ``class_freq.pkl``.
+
+        Pickles are read with a restricted unpickler that admits numpy arrays only.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                fields = {k: data[k] for k in data.files}
+        elif suffix == ".json":
+            fields = json.loads(path.read_text())
+        elif suffix in (".pkl", ".pickle"):
+            fields = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+            if not isinstance(fields, dict):
+                raise ValueError(f"{path} holds a {type(fields).__name__}, expected a dict with 'class_freq'")
+        else:
+            raise ValueError(f"cannot read {path}: use a .npz, .json or the authors' .pkl file")
+        if "class_freq" not in fields:
+            raise ValueError(f"{path} has no 'class_freq' entry (found {sorted(fields)})")
+        train_num = fields.get("train_num")
+        return cls(fields["class_freq"], fields.get("neg_class_freq") if train_num is None else None,
+                   None if train_num is None else float(np.asarray(train_num)), smooth=smooth)
+
+    def save(self, path):
+        path = Path(path)
+        if path.suffix.lower() == ".npz":
+            np.savez(path, class_freq=self._freq, neg_class_freq=self._neg, train_num=self._train_num)
+        elif path.suffix.lower() == ".json":
+            path.write_text(json.dumps({"class_freq": self._freq.tolist(),
+                                        "neg_class_freq": self._neg.tolist(),
+                                        "train_num": self._train_num}))
+        else:
+            raise ValueError(f"cannot write {path}: use a .npz or .json file name")
+
+    # -- read-only views ----------------------------------------------------------------------
+    @property
+    def class_freq(self):
+        return self._freq
+
+    @property
+    def neg_class_freq(self):
+        return self._neg
+
+    @property
+    def train_num(self):
+        return self._train_num
+
+    @property
+    def num_classes(self):
+        return self._freq.shape[0]
+
+    def __len__(self):
+        return self.num_classes
+
+    def __repr__(self):
+        return (f"ClassStats(num_classes={self.num_classes}, train_num={self._train_num:g}, "
+                f"class_freq=[{self._freq.min():g} .. {self._freq.max():g}])")

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up .venv (torch, triton, the package with its C++ extension) and run the whole test suite.
+# Triton kernels run on CPU tensors through the interpreter (TRITON_INTERPRET=1) on machines without a GPU.
+. "$(dirname "$0")/env.sh" "test,triton"
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  export TRITON_INTERPRET="${TRITON_INTERPRET:-0}"
+else
+  export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
+fi
+python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable "$@"

@@ -1,0 +1,59 @@
+"""Build: ``pip install --no-build-isolation -e .`` (torch must be installed first).
+
+Builds the C++ extension ``dbl_kernels._C`` (CPU kernel) whenever torch is importable at build time,
+with the CUDA kernel too when torch has CUDA and nvcc is found (``USE_CUDA=0`` skips it).
+Without torch at build time the package installs pure-Python (reference + Triton backends).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ext_modules, cmdclass = [], {}
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pure-Python install; backend "auto" falls back to the reference
+    torch = None
+
+if torch is not None and os.environ.get("DBL_NO_EXTENSION", "0") != "1":
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    use_cuda = (os.environ.get("USE_CUDA", "1") != "0" and torch.version.cuda is not None
+                and cpp_extension.CUDA_HOME is not None)
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
+    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    if sources:
+        if use_cuda:
+            sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
+            ext = cpp_extension.CUDAExtension(
+                "dbl_kernels._C", sources, include_dirs=[os.path.join(here, "csrc")],
+                define_macros=define_macros + [("DBL_WITH_CUDA", "1")],
+                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+                                                         "-gencode=arch=compute_80,code=sm_80",
+                                                         "-gencode=arch=compute_90,code=sm_90"]},
+                py_limited_api=True)
+        else:
+            ext = cpp_extension.CppExtension(
+                "dbl_kernels._C", sources, include_dirs=[os.path.join(here, "csrc")],
+                define_macros=define_macros, extra_compile_args={"cxx": cxx}, py_limited_api=True)
+        ext_modules = [ext]
+        cmdclass = {"build_ext": cpp_extension.BuildExtension}
+
+setup(
+    name="dbl_kernels",
+    version="0.1.0",
+    description="Fused, exact Distribution-Balanced loss (Wu et al., ECCV 2020) for PyTorch",
+    packages=find_packages(include=["dbl_kernels", "dbl_kernels.*"]),
+    package_data={"dbl_kernels": ["presets/*.npz", "data/*.npz"]},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "triton": ["triton"],
+        "demo": ["scikit-learn", "matplotlib", "tqdm"],
+        "test": ["pytest", "pytest-benchmark", "scikit-learn", "matplotlib", "tqdm"],
+    },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+)
