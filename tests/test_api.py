@@ -1,0 +1,160 @@
+"""Public API: module, functional form, presets, ResampleLoss compatibility, dispatch, bad input."""
+import pytest
+import torch
+
+import dbl_kernels as dk
+from dbl_kernels import backends
+
+from conftest import SHARED, dataset_counts
+
+
+def _inputs(n=6, c=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g) * 2, (torch.rand(n, c, generator=g) < 0.3).to(torch.uint8)
+
+
+def test_presets_carry_the_authors_configs():
+    coco = dk.DistributionBalancedLoss.from_preset("coco-mlt")
+    voc = dk.DistributionBalancedLoss.from_preset("voc-mlt")
+    assert coco.num_classes == 80 and voc.num_classes == 20
+    assert (voc.config.map_gamma, voc.config.neg_scale) == (0.3, 5.0)
+    assert (coco.config.map_gamma, coco.config.neg_scale) == (0.2, 2.0)
+    assert dk.DistributionBalancedLoss.from_preset("voc-mlt", gamma=1.0).config.gamma == 1.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        dk.DistributionBalancedLoss.from_preset("coco")
+
+
+def test_functional_equals_module():
+    z, y = _inputs()
+    module = dk.DistributionBalancedLoss("voc-mlt", gamma=1.0, reduction="sum", backend="reference")
+    functional = dk.distribution_balanced_loss(z, y, "voc-mlt", gamma=1.0, reduction="sum", backend="reference")
+    torch.testing.assert_close(module(z, y), functional)
+    with pytest.raises(TypeError, match="unknown option"):
+        dk.distribution_balanced_loss(z, y, "voc-mlt", gama=1.0)
+
+
+def test_buffers_follow_to():
+    module = dk.DistributionBalancedLoss("voc-mlt").to(torch.float64)
+    assert module.class_freq.dtype == torch.float64
+    z, y = _inputs()
+    meta = dk.DistributionBalancedLoss("voc-mlt").to("meta")
+    assert meta.class_freq.device.type == "meta" and meta.class_params.device.type == "meta"
+    assert torch.isfinite(module(z, y))
+
+
+def test_resample_loss_constructor_and_freq_file(tmp_path):
+    freq, neg = dataset_counts("voc-mlt")
+    cfg = dict(use_sigmoid=True, reweight_func="rebalance",
+               focal=dict(focal=True, balance_param=2.0, gamma=2),
+               logit_reg=dict(neg_scale=5.0, init_bias=0.05),
+               map_param=dict(alpha=0.1, beta=10.0, gamma=0.3), loss_weight=1.0)
+    by_counts = dk.ResampleLoss(class_freq=freq, neg_class_freq=neg, **cfg)
+    dk.ClassStats(freq, neg).save(tmp_path / "freq.npz")
+    by_file = dk.ResampleLoss(freq_file=str(tmp_path / "freq.npz"), **cfg)
+    preset = dk.DistributionBalancedLoss.from_preset("voc-mlt")
+    z, y = _inputs()
+    torch.testing.assert_close(by_counts(z, y), preset(z, y))
+    torch.testing.assert_close(by_file(z, y), preset(z, y))
+    legacy = SHARED / "data" / "legacy" / "coco_mlt_class_freq.pkl"
+    if legacy.exists():
+        assert dk.ResampleLoss(freq_file=str(legacy), reweight_func="rebalance").num_classes == 80
+
+
+def test_resample_loss_reduction_override_and_avg_factor():
+    freq, neg = dataset_counts("voc-mlt")
+    loss_fn = dk.ResampleLoss(class_freq=freq, neg_class_freq=neg, reweight_func="rebalance")
+    z, y = _inputs()
+    none = loss_fn(z, y, reduction_override="none")
+    assert none.shape == z.shape
+    torch.testing.assert_close(loss_fn(z, y, reduction_override="sum"), none.sum())
+    torch.testing.assert_close(loss_fn(z, y, avg_factor=10.0), none.sum() / 10.0)
+    with pytest.raises(ValueError, match="reduction_override"):
+        loss_fn(z, y, reduction_override="avg")
+
+
+def test_resample_loss_reweight_none_with_neg_scale_works():
+    """The authors' class crashes here (None / neg_scale); ours uses w = 1."""
+    freq, neg = dataset_counts("voc-mlt")
+    loss_fn = dk.ResampleLoss(class_freq=freq, neg_class_freq=neg, reweight_func=None,
+                              logit_reg=dict(neg_scale=2.0, init_bias=0.05))
+    z, y = _inputs()
+    assert torch.isfinite(loss_fn(z, y))
+
+
+def test_resample_loss_rejects_softmax_and_ambiguous_stats():
+    freq, neg = dataset_counts("voc-mlt")
+    with pytest.raises(NotImplementedError, match="use_sigmoid"):
+        dk.ResampleLoss(use_sigmoid=False, class_freq=freq, neg_class_freq=neg)
+    with pytest.raises(ValueError, match="exactly one"):
+        dk.ResampleLoss(reweight_func="rebalance")
+    with pytest.raises(TypeError, match="unknown keyword"):
+        dk.ResampleLoss(class_freq=freq, neg_class_freq=neg, foo=1)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (lambda z, y: (z[:, :5], y), ValueError, "shape"),
+    (lambda z, y: (z, y[:, :5]), ValueError, "labels must have the logits' shape"),
+    (lambda z, y: (z[0], y[0]), ValueError, "2-D"),
+    (lambda z, y: (z.long(), y), TypeError, "logits must be float"),
+    (lambda z, y: (z, y * 3), ValueError, "integer labels must be 0, 1 or -1"),
+    (lambda z, y: (z, y.float() * 2), ValueError, r"float labels must lie in \[0, 1\]"),
+    (lambda z, y: (z, y.float() - 0.5), ValueError, "negative values other than -1"),
+    (lambda z, y: (z, y.float() * float("nan")), ValueError, "float labels"),
+    (lambda z, y: (z.numpy(), y), TypeError, "logits must be a torch.Tensor"),
+    (lambda z, y: (z, y.float().requires_grad_()), ValueError, "labels require grad"),
+])
+def test_bad_inputs_raise_clear_errors(bad, exc, match):
+    z, y = _inputs()
+    z_bad, y_bad = bad(z, y)
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend="reference")
+    with pytest.raises(exc, match=match):
+        loss_fn(z_bad, y_bad)
+
+
+def test_bad_weight_and_options():
+    z, y = _inputs()
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt")
+    with pytest.raises(ValueError, match="does not broadcast"):
+        loss_fn(z, y, weight=torch.ones(3))
+    with pytest.raises(ValueError, match="enlarge"):
+        loss_fn(z, y, weight=torch.ones(2, 6, 20))
+    for kwargs, match in [(dict(reweight="focal"), "reweight"), (dict(weight_norm="by_row"), "weight_norm"),
+                          (dict(cb_mode="avg"), "cb_mode"), (dict(reduction="avg"), "reduction"),
+                          (dict(backend="gpu"), "backend"), (dict(ntr_bias="x"), "ntr_bias"),
+                          (dict(neg_scale=0.0), "neg_scale"), (dict(cb_beta=1.0), "cb_beta"),
+                          (dict(gamma=-0.5), "gamma"), (dict(focal="yes"), "focal"),
+                          (dict(map_beta=float("inf")), "map_beta")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            dk.DistributionBalancedLoss("voc-mlt", **kwargs)
+    with pytest.raises(TypeError, match="ClassStats"):
+        dk.DistributionBalancedLoss(3)
+
+
+def test_bad_stats_size():
+    z, y = _inputs(c=80)
+    with pytest.raises(ValueError, match="C=80 columns but the class statistics have 20"):
+        dk.DistributionBalancedLoss("voc-mlt")(z, y)
+
+
+def test_available_backends_and_env_override(monkeypatch):
+    names = dk.available_backends()
+    assert "reference" in names
+    monkeypatch.setenv("DBL_BACKEND", "reference")
+    assert backends.resolve("auto", "cpu") == "reference"
+    monkeypatch.setenv("DBL_BACKEND", "nope")
+    with pytest.raises(ValueError, match="DBL_BACKEND"):
+        backends.resolve("auto", "cpu")
+    monkeypatch.delenv("DBL_BACKEND")
+    assert backends.resolve("auto", "cpu") in names
+    if "cuda" in names:
+        with pytest.raises(ValueError, match="cannot run on cpu"):
+            backends.resolve("cuda", "cpu")
+
+
+def test_unavailable_backend_says_how_to_get_it():
+    missing = [b for b in ("cpu", "cuda", "triton") if b not in dk.available_backends()]
+    if not missing:
+        pytest.skip("every backend is available here")
+    z, y = _inputs()
+    with pytest.raises(ValueError, match="not available here"):
+        dk.DistributionBalancedLoss("voc-mlt", backend=missing[0])(z, y)
