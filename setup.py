@@ -21,17 +21,20 @@ if torch is not None and os.environ.get("DBL_NO_EXTENSION", "0") != "1":
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     use_cuda = (os.environ.get("USE_CUDA", "1") != "0" and torch.version.cuda is not None
                 and cpp_extension.CUDA_HOME is not None)
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    # No -ffast-math and no -march: the vector ISA is chosen at run time (csrc/dbl_cpu.cpp).
+    # -fno-trapping-math lets g++ if-convert (hence vectorise) the element loop; results are unchanged.
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math"]
+    define_macros = [("Py_LIMITED_API", "0x030A0000")]  # = torch's own define (python_requires >= 3.10)
     if sources:
         if use_cuda:
             sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
             ext = cpp_extension.CUDAExtension(
                 "dbl_kernels._C", sources, include_dirs=[os.path.join(here, "csrc")],
                 define_macros=define_macros + [("DBL_WITH_CUDA", "1")],
-                extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
-                                                         "-gencode=arch=compute_80,code=sm_80",
-                                                         "-gencode=arch=compute_90,code=sm_90"]},
+                extra_compile_args={"cxx": cxx, "nvcc": [
+                    "-O3", "-std=c++17",  # no --use_fast_math: the GPU runs the CPU's exact math
+                    "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                    "-gencode=arch=compute_90,code=compute_90"]},  # PTX for newer GPUs
                 py_limited_api=True)
         else:
             ext = cpp_extension.CppExtension(
@@ -55,5 +58,5 @@ setup(
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )

@@ -110,15 +110,20 @@ def may_hold_unknown(labels: torch.Tensor) -> bool:
     return labels.dtype.is_floating_point or labels.dtype.is_signed and labels.dtype != torch.bool
 
 
-def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None):
-    """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs."""
+def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
+             has_unknown=None):
+    """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
+
+    ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
+    labels known to hold no -1 skip the counting pass of the mean.
+    """
     dtype = compute_dtype(logits)
     n_elem = labels.numel()
     if cfg.reduction != "mean":
         scale = torch.ones((), dtype=dtype, device=logits.device)
     elif avg_factor is not None:
         scale = 1.0 / torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
-    elif may_hold_unknown(labels):
+    elif may_hold_unknown(labels) and has_unknown is not False:
         scale = 1.0 / (labels != -1).sum().to(dtype)
     else:
         scale = torch.full((), 1.0 / n_elem if n_elem else math.nan, dtype=dtype, device=logits.device)

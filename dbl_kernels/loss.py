@@ -66,22 +66,26 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
         if weight.device != logits.device:
             raise ValueError(f"weight is on {weight.device} but logits on {logits.device}")
     if validate_labels is None:
-        validate_labels = labels.device.type == "cpu"
+        validate_labels = labels.device.type == "cpu" and not torch.compiler.is_compiling()
     if validate_labels and labels.numel() and labels.dtype != torch.bool:
-        _check_label_values(labels)
+        return _check_label_values(labels)
+    return None
 
 
 def _check_label_values(labels):
+    """Raise on labels outside {0, 1, -1} (ints) or [0, 1] u {-1} (floats); return whether any -1 is
+    present, which saves the kernels a counting pass for the mean."""
     lo, hi = torch.aminmax(labels)
     lo, hi = float(lo), float(hi)
     if not labels.dtype.is_floating_point:
         if lo < -1 or hi > 1:
             raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
-        return
+        return lo < 0
     if not (lo >= -1 and hi <= 1):  # also catches NaN
         raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
     if lo < 0 and bool(((labels < 0) & (labels != -1)).any()):
         raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
+    return lo < 0
 
 
 def _as_config(kwargs):
@@ -137,6 +141,8 @@ class DistributionBalancedLoss(nn.Module):
     def _params(self, dtype):
         """class_params in the compute dtype, cast once per (device, dtype) and buffer version."""
         buf = self.class_params
+        if torch.compiler.is_compiling():  # data_ptr() cannot be traced; the cast joins the graph
+            return buf.to(dtype).contiguous()
         key = (buf.device, dtype, buf.data_ptr(), buf._version)
         cached = self._cast_cache.get(key)
         if cached is None:
@@ -146,16 +152,16 @@ class DistributionBalancedLoss(nn.Module):
 
     def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
-        _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
+        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
             backend = "reference"  # the fused kernels treat weight as a constant
         if backend == "reference":
             return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
                                                         cfg, weight=weight, avg_factor=avg_factor)
-        return self._fused(backend, logits, labels, weight, avg_factor, cfg)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
 
-    def _fused(self, backend, logits, labels, weight, avg_factor, cfg):
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
         spec = self.spec if cfg is self.config else kernel_spec(self._table, cfg)
         dtype = reference.compute_dtype(logits)
         if logits.stride(-1) != 1:
@@ -164,7 +170,8 @@ class DistributionBalancedLoss(nn.Module):
             labels = labels.contiguous()
         if weight is not None:
             weight = weight.detach().expand(logits.shape)
-        aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor)
+        aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
+                       has_unknown)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, self._params(dtype), aux,
                                                           spec, need_grad))

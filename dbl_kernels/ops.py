@@ -38,7 +38,7 @@ def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_
     dtype = loss_dtype(logits)
     loss = (logits.new_empty(logits.shape, dtype=dtype) if reduction == REDUCTION_NONE
             else logits.new_empty((), dtype=dtype))
-    grad = (logits.new_empty(logits.shape, memory_format=torch.contiguous_format) if need_grad
+    grad = (torch.empty(logits.shape, dtype=logits.dtype, device=logits.device) if need_grad
             else logits.new_empty((0,)))
     return loss, grad
 
@@ -67,6 +67,7 @@ def _(grad, grad_output):
 def _setup_context(ctx, inputs, output):
     _, grad = output
     ctx.save_for_backward(grad)
+    ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N x C zeros buffer
     ctx.reduction = inputs[_REDUCTION]
     ctx.has_grad = inputs[_NEED_GRAD]
     ctx.n_inputs = len(inputs)
@@ -84,6 +85,8 @@ def _backward(ctx, grad_loss, _grad_of_grad):
             "(retain_graph=True) is not supported; recompute the loss, or use backend='reference'.")
     ctx.used = True
     (grad,) = ctx.saved_tensors
+    if grad_loss is None:
+        return (None,) * ctx.n_inputs
     scale_grad_(grad, grad_loss)
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 

@@ -158,3 +158,20 @@ def test_unavailable_backend_says_how_to_get_it():
     z, y = _inputs()
     with pytest.raises(ValueError, match="not available here"):
         dk.DistributionBalancedLoss("voc-mlt", backend=missing[0])(z, y)
+
+
+@pytest.mark.parametrize("validate", [None, False])
+@pytest.mark.parametrize("with_unknown", [False, True])
+def test_mean_count_with_and_without_label_check(validate, with_unknown):
+    """The label check tells the fused kernels whether -1 occurs; without it they count on the device."""
+    fused = [b for b in dk.available_backends() if b in ("cpu", "triton")]
+    if not fused:
+        pytest.skip("no fused CPU backend here")
+    z, y = _inputs(n=9)
+    y = y.float()
+    if with_unknown:
+        y[::3, 2:7] = -1
+    ref = dk.DistributionBalancedLoss("voc-mlt", backend="reference")(z, y)
+    for backend in fused:
+        ours = dk.DistributionBalancedLoss("voc-mlt", backend=backend, validate_labels=validate)(z, y)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)

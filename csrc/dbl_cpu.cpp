@@ -1,0 +1,507 @@
+// CPU kernel of dbl::fused: one pass over each row for its statistics, one for loss and gradient.
+//
+// Work is cut into fixed units (a few rows, or one column tile of a very wide row) whose loss
+// partial sums are added in unit order, so the loss does not depend on the thread count. Each
+// unit converts a chunk of columns to the compute dtype in a small buffer (labels and logits are
+// read in whatever dtype they come) and runs the element math over it in a loop that the compiler
+// vectorises; that loop is compiled for baseline x86-64, AVX2+FMA and AVX-512 and picked at run
+// time, so no instruction the CPU lacks is ever executed.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "dbl_math.h"
+#include "dbl_ops.h"
+
+namespace dbl {
+namespace {
+
+constexpr int64_t kChunk = 256;         // columns converted and processed at a time (fits L1)
+constexpr int kLanes = 16;              // a chunk sum ends as 16 partial sums, added in double
+constexpr int64_t kTileCols = 32768;    // rows wider than this are split into column tiles
+constexpr int64_t kUnitElems = 16384;   // target elements per work unit
+constexpr int64_t kSerialElems = 65536; // below this, one thread (a parallel region costs more)
+
+enum Isa { ISA_BASELINE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+int detect_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return ISA_AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+#endif
+  return ISA_BASELINE;
+}
+
+const int kBestIsa = detect_isa();
+std::atomic<int> g_isa{kBestIsa};
+
+// ---------------------------------------------------------------------------------------------
+// Loop bodies. Each is compiled once per ISA (the wrappers below): always_inline makes the body
+// take the target of its wrapper, so the same source becomes SSE2, AVX2+FMA and AVX-512 code.
+// ---------------------------------------------------------------------------------------------
+#define DBL_INLINE inline __attribute__((always_inline))
+
+// Sum (or min) of a chunk buffer by a fixed pairwise tree: the same additions in the same order on
+// every ISA and thread count, each level an element-wise loop that vectorises (a running sum
+// would not, without reassociating). buf has kChunk slots; the first k hold values.
+template <class T, bool MIN>
+DBL_INLINE double tree_reduce(T* __restrict buf, int64_t k) {
+  const T pad = MIN ? std::numeric_limits<T>::infinity() : T(0);
+  for (int64_t j = k; j < kChunk; ++j) buf[j] = pad;
+  static_assert(kChunk == 256 && kLanes == 16, "tree levels below assume 256 -> 16");
+  for (int64_t j = 0; j < 128; ++j) buf[j] = MIN ? (buf[j + 128] < buf[j] ? buf[j + 128] : buf[j]) : buf[j] + buf[j + 128];
+  for (int64_t j = 0; j < 64; ++j) buf[j] = MIN ? (buf[j + 64] < buf[j] ? buf[j + 64] : buf[j]) : buf[j] + buf[j + 64];
+  for (int64_t j = 0; j < 32; ++j) buf[j] = MIN ? (buf[j + 32] < buf[j] ? buf[j + 32] : buf[j]) : buf[j] + buf[j + 32];
+  for (int64_t j = 0; j < 16; ++j) buf[j] = MIN ? (buf[j + 16] < buf[j] ? buf[j + 16] : buf[j]) : buf[j] + buf[j + 16];
+  double r = MIN ? std::numeric_limits<double>::infinity() : 0.0;
+  for (int l = 0; l < kLanes; ++l) r = MIN ? std::min(r, static_cast<double>(buf[l])) : r + static_cast<double>(buf[l]);
+  return r;
+}
+
+// Loss and gradient of k elements; with `sum`, returns the chunk's loss sum (loss is then scratch).
+// tw is 1/n_j (rebalance) or the per-class weight; w is weight_ij (ones when there is none).
+template <class T, bool REBAL, int FOCAL, int LABELS, bool GRAD>
+DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restrict y, const T* __restrict w,
+                            const T* __restrict bias, const T* __restrict tw, const RowWeight<T>& rw,
+                            const Spec<T>& s, T* __restrict loss, T* __restrict grad, bool sum) {
+  const Spec<T> sp = s;  // local copies: provably not aliased by the outputs
+  const RowWeight<T> r = rw;
+  for (int64_t j = 0; j < k; ++j) {
+    const T wr = REBAL ? rebalance_raw(tw[j], r.inv_r, sp) * r.norm : r.a * tw[j] + r.b;
+    const T f = (y[j] != T(-1) ? T(1) : T(0)) * w[j];  // unknown labels: no loss, no gradient
+    T g = T(0);
+    loss[j] = element<T, FOCAL, LABELS, GRAD>(z[j], y[j], bias[j], wr, f, sp, g);
+    if (GRAD) grad[j] = g;
+  }
+  return sum ? tree_reduce<T, false>(loss, k) : 0.0;
+}
+
+// Row statistics of k labels: count += sum y+, stat += sum y+ tbl (STAT_SUM) or
+// stat = min(stat, min over y+ > 0 of tbl) (STAT_MIN). b0 and b1 are kChunk-slot scratch buffers.
+template <class T, int KIND>
+DBL_INLINE void stats_body(int64_t k, const T* __restrict y, const T* __restrict tbl, T* __restrict b0,
+                           T* __restrict b1, double& count, double& stat) {
+  for (int64_t j = 0; j < k; ++j) {
+    const T yp = y[j] > T(0) ? y[j] : T(0);
+    b0[j] = yp;
+    b1[j] = KIND == STAT_MIN ? (yp > T(0) ? tbl[j] : std::numeric_limits<T>::infinity()) : yp * tbl[j];
+  }
+  count += tree_reduce<T, false>(b0, k);
+  if (KIND == STAT_MIN) stat = std::min(stat, tree_reduce<T, true>(b1, k));
+  else stat += tree_reduce<T, false>(b1, k);
+}
+
+// Labels of a chunk: 1 if any is outside {-1, 0, 1} (then 1 - p_t needs expm1).
+template <class T>
+DBL_INLINE bool soft_body(int64_t k, const T* __restrict y) {
+  int soft = 0;
+  for (int64_t j = 0; j < k; ++j) soft |= (y[j] != T(0)) & (y[j] != T(1)) & (y[j] != T(-1));
+  return soft != 0;
+}
+
+template <class D, class S>
+DBL_INLINE void convert_body(int64_t k, const S* __restrict src, D* __restrict dst) {
+  for (int64_t j = 0; j < k; ++j) dst[j] = static_cast<D>(src[j]);
+}
+
+#define DBL_MATH_PARAMS                                                                                   \
+  int64_t k, const T *__restrict z, const T *__restrict y, const T *__restrict w, const T *__restrict bias, \
+      const T *__restrict tw, const RowWeight<T> &rw, const Spec<T> &s, T *__restrict loss, T *__restrict grad, bool sum
+
+#define DBL_DEFINE_ISA(NS, ATTR)                                                                     \
+  namespace NS {                                                                                     \
+  template <class T, bool REBAL, int FOCAL, int LABELS, bool GRAD>                                   \
+  ATTR double math(DBL_MATH_PARAMS) {                                                                \
+    return math_body<T, REBAL, FOCAL, LABELS, GRAD>(k, z, y, w, bias, tw, rw, s, loss, grad, sum);   \
+  }                                                                                                  \
+  template <class T, int KIND>                                                                       \
+  ATTR void stats(int64_t k, const T* y, const T* tbl, T* b0, T* b1, double& count, double& stat) {  \
+    stats_body<T, KIND>(k, y, tbl, b0, b1, count, stat);                                             \
+  }                                                                                                  \
+  template <class T>                                                                                 \
+  ATTR bool soft(int64_t k, const T* y) { return soft_body<T>(k, y); }                               \
+  template <class D, class S>                                                                        \
+  ATTR void convert(int64_t k, const void* src, void* dst) {                                         \
+    convert_body<D, S>(k, static_cast<const S*>(src), static_cast<D*>(dst));                        \
+  }                                                                                                  \
+  }
+
+DBL_DEFINE_ISA(isa_baseline, )
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DBL_HAVE_X86_CLONES 1
+#if defined(__clang__)
+#define DBL_AVX512_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c"
+#else
+#define DBL_AVX512_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c,prefer-vector-width=512"
+#endif
+DBL_DEFINE_ISA(isa_avx2, __attribute__((target("avx2,fma,f16c"))))
+DBL_DEFINE_ISA(isa_avx512, __attribute__((target(DBL_AVX512_TARGET))))
+#endif
+
+template <class T>
+using MathFn = double (*)(DBL_MATH_PARAMS);
+template <class T>
+using StatsFn = void (*)(int64_t, const T*, const T*, T*, T*, double&, double&);
+template <class T>
+using SoftFn = bool (*)(int64_t, const T*);
+using ConvertFn = void (*)(int64_t, const void*, void*);
+
+// The loop functions of one ISA, picked once per call.
+template <class T>
+struct Loops {
+  MathFn<T> math_binary, math_soft;
+  StatsFn<T> stats_sum, stats_min;
+  SoftFn<T> soft;
+  ConvertFn grad_out;  // T -> logits dtype (null when it is T)
+  ConvertFn z_in, y_in;  // input dtype -> T (null when already T)
+};
+
+template <class T, class NS_TAG>
+struct IsaLoops;
+
+#define DBL_ISA_LOOPS(TAG, NS)                                                                            \
+  struct TAG {};                                                                                          \
+  template <class T>                                                                                      \
+  struct IsaLoops<T, TAG> {                                                                               \
+    template <bool REBAL, int FOCAL, int LABELS, bool GRAD>                                               \
+    static MathFn<T> math() {                                                                             \
+      return &NS::math<T, REBAL, FOCAL, LABELS, GRAD>;                                                    \
+    }                                                                                                     \
+    static StatsFn<T> stats_sum() { return &NS::stats<T, STAT_SUM>; }                                     \
+    static StatsFn<T> stats_min() { return &NS::stats<T, STAT_MIN>; }                                     \
+    static SoftFn<T> soft() { return &NS::soft<T>; }                                                      \
+    template <class S>                                                                                    \
+    static ConvertFn to_compute() { return &NS::convert<T, S>; }                                          \
+    template <class D>                                                                                    \
+    static ConvertFn from_compute() { return &NS::convert<D, T>; }                                        \
+  };
+
+DBL_ISA_LOOPS(BaselineTag, isa_baseline)
+#ifdef DBL_HAVE_X86_CLONES
+DBL_ISA_LOOPS(Avx2Tag, isa_avx2)
+DBL_ISA_LOOPS(Avx512Tag, isa_avx512)
+#endif
+
+template <class T, class L, bool REBAL, bool GRAD>
+MathFn<T> pick_focal(int focal, int labels) {
+  switch (focal) {
+    case FOCAL_SQUARE:
+      return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_SQUARE, LABELS_SOFT, GRAD>()
+                                   : L::template math<REBAL, FOCAL_SQUARE, LABELS_BINARY, GRAD>();
+    case FOCAL_POW:
+      return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_POW, LABELS_SOFT, GRAD>()
+                                   : L::template math<REBAL, FOCAL_POW, LABELS_BINARY, GRAD>();
+    default: return L::template math<REBAL, FOCAL_OFF, LABELS_BINARY, GRAD>();  // p_t not needed
+  }
+}
+
+template <class T, class L>
+MathFn<T> pick_math(bool rebal, int focal, int labels, bool grad) {
+  if (rebal) return grad ? pick_focal<T, L, true, true>(focal, labels) : pick_focal<T, L, true, false>(focal, labels);
+  return grad ? pick_focal<T, L, false, true>(focal, labels) : pick_focal<T, L, false, false>(focal, labels);
+}
+
+template <class T, class L>
+ConvertFn to_compute(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return std::is_same<T, float>::value ? nullptr : L::template to_compute<float>();
+    case at::kDouble: return std::is_same<T, double>::value ? nullptr : L::template to_compute<double>();
+    case at::kHalf: return L::template to_compute<at::Half>();
+    case at::kBFloat16: return L::template to_compute<at::BFloat16>();
+    case at::kBool: return L::template to_compute<bool>();
+    case at::kByte: return L::template to_compute<uint8_t>();
+    case at::kChar: return L::template to_compute<int8_t>();
+    case at::kShort: return L::template to_compute<int16_t>();
+    case at::kInt: return L::template to_compute<int32_t>();
+    case at::kLong: return L::template to_compute<int64_t>();
+    default: TORCH_CHECK(false, "dbl::fused: unsupported dtype ", dtype);
+  }
+}
+
+template <class T, class L>
+ConvertFn from_compute(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return std::is_same<T, float>::value ? nullptr : L::template from_compute<float>();
+    case at::kDouble: return std::is_same<T, double>::value ? nullptr : L::template from_compute<double>();
+    case at::kHalf: return L::template from_compute<at::Half>();
+    case at::kBFloat16: return L::template from_compute<at::BFloat16>();
+    default: TORCH_CHECK(false, "dbl::fused: unsupported logits dtype ", dtype);
+  }
+}
+
+template <class T, class L>
+Loops<T> make_loops(const Spec<T>& s, bool need_grad, at::ScalarType zt, at::ScalarType yt) {
+  Loops<T> f;
+  const bool rebal = s.reweight == RW_REBALANCE;
+  f.math_binary = pick_math<T, L>(rebal, s.focal, LABELS_BINARY, need_grad);
+  f.math_soft = pick_math<T, L>(rebal, s.focal, LABELS_SOFT, need_grad);
+  f.stats_sum = L::stats_sum();
+  f.stats_min = L::stats_min();
+  f.soft = L::soft();
+  f.grad_out = from_compute<T, L>(zt);
+  f.z_in = to_compute<T, L>(zt);
+  f.y_in = to_compute<T, L>(yt);
+  return f;
+}
+
+template <class T>
+Loops<T> loops_for(int isa, const Spec<T>& s, bool need_grad, at::ScalarType zt, at::ScalarType yt) {
+#ifdef DBL_HAVE_X86_CLONES
+  if (std::is_same<T, float>::value) {  // fp64 calls libm, which does not vectorise anyway
+    if (isa == ISA_AVX512) return make_loops<T, IsaLoops<T, Avx512Tag>>(s, need_grad, zt, yt);
+    if (isa == ISA_AVX2) return make_loops<T, IsaLoops<T, Avx2Tag>>(s, need_grad, zt, yt);
+  }
+#endif
+  (void)isa;
+  return make_loops<T, IsaLoops<T, BaselineTag>>(s, need_grad, zt, yt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel.
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct Problem {
+  const char* z;
+  at::ScalarType zt;
+  int64_t ldz;  // row strides in elements
+  const char* y;
+  at::ScalarType yt;
+  int64_t ldy;
+  const T* w;
+  int64_t ws0, ws1;
+  const T* params;  // 4 x C
+  Spec<T> spec;
+  int reduction;
+  bool need_grad;
+  T* loss;     // N x C for reduction "none"
+  char* grad;  // N x C in the logits' dtype
+  int64_t N, C;
+  size_t zsize, ysize;
+};
+
+// Per-task buffers: one chunk of each converted input and of the outputs, plus a whole row of
+// converted labels (read by the statistics and again by the element pass).
+template <class T>
+struct Scratch {
+  explicit Scratch(int64_t row_cols) : yrow(static_cast<size_t>(row_cols)) {}
+  std::vector<T> yrow;
+  alignas(64) T y[kChunk];
+  alignas(64) T z[kChunk];
+  alignas(64) T w[kChunk];
+  alignas(64) T loss[kChunk];
+  alignas(64) T grad[kChunk];
+};
+
+template <class T>
+class Runner {
+ public:
+  Runner(const Problem<T>& p, int isa)
+      : p_(p), loops_(loops_for<T>(isa, p.spec, p.need_grad, p.zt, p.yt)) {
+    const Spec<T>& s = p.spec;
+    stat_kind_ = row_stat_kind(s.reweight);
+    stat_tbl_ = p.params + row_stat_param(s.reweight) * p.C;
+    tw_ = p.params + (s.reweight == RW_REBALANCE ? P_INV_FREQ : P_CLASS_W) * p.C;
+    bias_ = p.params + P_BIAS * p.C;
+    soft_possible_ = s.focal != FOCAL_OFF && at::isFloatingType(p.yt);
+    std::fill(ones_, ones_ + kChunk, T(1));
+  }
+
+  // Returns the unscaled loss sum (0 for reduction "none").
+  double run() const {
+    const int64_t N = p_.N, C = p_.C;
+    if (N == 0 || C == 0) return 0.0;
+    std::vector<double> partial;
+    if (C <= kTileCols) {
+      const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(N, kUnitElems / C));
+      const int64_t units = (N + rows - 1) / rows;
+      partial.assign(units, 0.0);
+      const int64_t grain = std::max<int64_t>(1, kSerialElems / (rows * C));
+      at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
+        Scratch<T> sc(loops_.y_in ? C : 0);
+        for (int64_t u = u0; u < u1; ++u) {
+          double total = 0;
+          for (int64_t i = u * rows; i < std::min(N, (u + 1) * rows); ++i) {
+            const T* y = labels(i, 0, C, sc.yrow.data());  // converted once for both passes
+            total += segment(i, 0, C, y, row_weight_of(i, y, 0, C, &sc), sc);
+          }
+          partial[u] = total;
+        }
+      });
+    } else {
+      // Wide rows: statistics first (one task per row), then column tiles as independent units.
+      std::vector<RowWeight<T>> rw(N);
+      at::parallel_for(0, N, 1, [&](int64_t i0, int64_t i1) {
+        Scratch<T> sc(0);
+        for (int64_t i = i0; i < i1; ++i) rw[i] = row_weight_of(i, nullptr, 0, C, &sc);
+      });
+      const int64_t tiles = (C + kTileCols - 1) / kTileCols;
+      partial.assign(N * tiles, 0.0);
+      at::parallel_for(0, N * tiles, 1, [&](int64_t u0, int64_t u1) {
+        Scratch<T> sc(0);
+        for (int64_t u = u0; u < u1; ++u) {
+          const int64_t i = u / tiles, c0 = (u % tiles) * kTileCols;
+          partial[u] = segment(i, c0, std::min(C, c0 + kTileCols), nullptr, rw[i], sc);
+        }
+      });
+    }
+    double total = 0;
+    for (double v : partial) total += v;  // unit order: independent of the thread count
+    return total;
+  }
+
+ private:
+  const char* zrow(int64_t i) const { return p_.z + i * p_.ldz * static_cast<int64_t>(p_.zsize); }
+  const char* yrow(int64_t i) const { return p_.y + i * p_.ldy * static_cast<int64_t>(p_.ysize); }
+
+  // Labels of row i, columns [c0, c0 + k), as T: the row itself when it already is T, else dst.
+  const T* labels(int64_t i, int64_t c0, int64_t k, T* dst) const {
+    const char* src = yrow(i) + c0 * static_cast<int64_t>(p_.ysize);
+    if (!loops_.y_in) return reinterpret_cast<const T*>(src);
+    loops_.y_in(k, src, dst);
+    return dst;
+  }
+
+  // Row weight parameters from the row statistics; y holds the row's labels as T, or is null
+  // (then they are converted chunk by chunk into sc).
+  RowWeight<T> row_weight_of(int64_t i, const T* y, int64_t c0, int64_t c1, Scratch<T>* sc) const {
+    double count = 0, stat = stat_kind_ == STAT_MIN ? std::numeric_limits<double>::infinity() : 0.0;
+    if (stat_kind_ != STAT_NONE) {
+      const StatsFn<T> fn = stat_kind_ == STAT_MIN ? loops_.stats_min : loops_.stats_sum;
+      for (int64_t c = c0; c < c1; c += kChunk) {  // fp32 lanes, flushed to double every chunk
+        const int64_t k = std::min(kChunk, c1 - c);
+        const T* yc = y ? y + (c - c0) : labels(i, c, k, sc->y);
+        fn(k, yc, stat_tbl_ + c, sc->loss, sc->grad, count, stat);
+      }
+    }
+    return row_weight<T>(static_cast<T>(count), static_cast<T>(stat), p_.spec);
+  }
+
+  // weight_ij for a chunk: the row itself (unit stride), a filled or gathered buffer, or ones.
+  const T* weights(int64_t i, int64_t c0, int64_t k, T* buf) const {
+    if (p_.w == nullptr) return ones_;
+    const T* row = p_.w + i * p_.ws0;
+    if (p_.ws1 == 1) return row + c0;
+    for (int64_t j = 0; j < k; ++j) buf[j] = row[(c0 + j) * p_.ws1];
+    return buf;
+  }
+
+  // Loss and gradient over columns [c0, c1) of row i; y: the segment's labels as T, or null.
+  double segment(int64_t i, int64_t c0, int64_t c1, const T* yseg, const RowWeight<T>& rw, Scratch<T>& sc) const {
+    double total = 0;
+    const bool sum = p_.reduction != RED_NONE;
+    for (int64_t c = c0; c < c1; c += kChunk) {
+      const int64_t k = std::min(kChunk, c1 - c);
+      const T* y = yseg ? yseg + (c - c0) : labels(i, c, k, sc.y);
+      const char* zsrc = zrow(i) + c * static_cast<int64_t>(p_.zsize);
+      const T* z = reinterpret_cast<const T*>(zsrc);
+      if (loops_.z_in) {
+        loops_.z_in(k, zsrc, sc.z);
+        z = sc.z;
+      }
+      const int64_t off = i * p_.C + c;
+      T* loss = sum ? sc.loss : p_.loss + off;
+      T* grad = p_.need_grad && !loops_.grad_out ? reinterpret_cast<T*>(p_.grad) + off : sc.grad;
+      const MathFn<T> fn = soft_possible_ && loops_.soft(k, y) ? loops_.math_soft : loops_.math_binary;
+      total += fn(k, z, y, weights(i, c, k, sc.w), bias_ + c, tw_ + c, rw, p_.spec, loss, grad, sum);
+      if (p_.need_grad && loops_.grad_out) loops_.grad_out(k, sc.grad, p_.grad + off * static_cast<int64_t>(p_.zsize));
+    }
+    return total;
+  }
+
+  const Problem<T>& p_;
+  Loops<T> loops_;
+  int stat_kind_;
+  const T* stat_tbl_;
+  const T* tw_;
+  const T* bias_;
+  bool soft_possible_;
+  alignas(64) T ones_[kChunk];
+};
+
+template <class T>
+void run_cpu(Prepared& pr, const OpScalars& s) {
+  const T* aux = pr.aux.data_ptr<T>();
+  Problem<T> p;
+  p.z = static_cast<const char*>(pr.logits.data_ptr());
+  p.zt = pr.logits.scalar_type();
+  p.ldz = pr.logits.stride(0);
+  p.zsize = pr.logits.element_size();
+  p.y = static_cast<const char*>(pr.labels.data_ptr());
+  p.yt = pr.labels.scalar_type();
+  p.ldy = pr.labels.stride(0);
+  p.ysize = pr.labels.element_size();
+  p.w = pr.weight.defined() ? pr.weight.data_ptr<T>() : nullptr;
+  p.ws0 = pr.weight.defined() ? pr.weight.stride(0) : 0;
+  p.ws1 = pr.weight.defined() ? pr.weight.stride(1) : 0;
+  p.params = pr.params.data_ptr<T>();
+  p.spec = make_spec<T>(s, aux[0], aux[1]);
+  p.reduction = static_cast<int>(s.reduction);
+  p.need_grad = s.need_grad;
+  p.loss = s.reduction == RED_NONE ? pr.loss.data_ptr<T>() : nullptr;
+  p.grad = s.need_grad ? static_cast<char*>(pr.grad.data_ptr()) : nullptr;
+  p.N = pr.N;
+  p.C = pr.C;
+  const int isa = std::is_same<T, float>::value ? g_isa.load() : ISA_BASELINE;
+  const double total = Runner<T>(p, isa).run();
+  if (s.reduction != RED_NONE) *pr.loss.data_ptr<T>() = static_cast<T>(total * static_cast<double>(aux[0]));
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at::Tensor& labels,
+                                             const std::optional<at::Tensor>& weight, const at::Tensor& class_params,
+                                             const at::Tensor& aux, int64_t reweight_mode, int64_t weight_norm,
+                                             bool logit_reg, bool focal, int64_t reduction, double map_alpha,
+                                             double map_beta, double map_gamma, double cb_beta, double neg_scale,
+                                             double gamma, double scale, double w_max, bool need_grad) {
+  const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
+                    cb_beta, neg_scale, gamma, scale, w_max, need_grad};
+  Prepared p = prepare(logits, labels, weight, class_params, aux, s);
+  if (p.compute == at::kDouble) run_cpu<double>(p, s);
+  else run_cpu<float>(p, s);
+  return {p.loss, p.grad};
+}
+
+// Test hooks: choose the vector ISA (clamped to what the CPU has; returns the one now in use), and
+// evaluate the fp32 elementary functions of dbl_math.h elementwise.
+int64_t cpu_isa(int64_t isa) {
+  if (isa >= 0) g_isa.store(static_cast<int>(std::min<int64_t>(isa, kBestIsa)));
+  return g_isa.load();
+}
+
+at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "dbl::_cpu_math takes a CPU float32 tensor");
+  at::Tensor in = x.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const float* a = in.data_ptr<float>();
+  float* b = out.data_ptr<float>();
+  const int64_t n = in.numel();
+  switch (fn) {
+    case 0: for (int64_t i = 0; i < n; ++i) b[i] = fexp(a[i]); break;
+    case 1: for (int64_t i = 0; i < n; ++i) b[i] = fexpm1(a[i]); break;
+    case 2: for (int64_t i = 0; i < n; ++i) b[i] = flog1p01(a[i]); break;
+    case 3: for (int64_t i = 0; i < n; ++i) b[i] = flog(a[i]); break;
+    default: TORCH_CHECK(false, "dbl::_cpu_math: fn must be 0 (exp), 1 (expm1), 2 (log1p on [0,1]) or 3 (log)");
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dbl, m) {
+  m.def("_cpu_isa(int isa) -> int", &cpu_isa);
+  m.def("_cpu_math(Tensor x, int fn) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dbl, CPU, m) {
+  m.impl("fused", &fused_cpu);
+  m.impl("_cpu_math", &cpu_math);
+}
+
+}  // namespace dbl

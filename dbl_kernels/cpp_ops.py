@@ -1,0 +1,31 @@
+"""The C++/CUDA extension's ops: ``dbl::fused`` (CPU, and CUDA when built with it).
+
+Importing this module registers the shared fake kernel and autograd formula (ops.register) on
+``torch.ops.dbl.fused``; backends.py imports it only when ``dbl_kernels._C`` is importable.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (static registration of the dbl::fused schema and kernels)
+from . import ops
+
+fused = torch.ops.dbl.fused.default
+ops.register(fused)
+
+# Plain bools, decided once: backends.py consults them inside code that torch.compile traces.
+_HAS_CUDA = hasattr(torch.ops.dbl, "scale_grad_cuda_")  # registered only by a CUDA build
+
+
+def has_cpu() -> bool:
+    return True  # the CPU kernel is always part of the extension
+
+
+def has_cuda() -> bool:
+    """Whether the extension was compiled with its CUDA kernel (says nothing about a GPU here)."""
+    return _HAS_CUDA
+
+
+def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    """``grad *= grad_output`` in place on the GPU; a no-op decided on the device when it is 1.0."""
+    torch.ops.dbl.scale_grad_cuda_(grad, grad_output)
