@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the extension, run the test suite on CUDA, the GPU checks
+# (configs, N*C > 2^31, determinism, compute-sanitizer) and the benchmark; outputs in $OUT.
+#
+#   OUT=/some/dir bash benchmarks/device_check.sh        (from anywhere; runs in the repo root)
+#
+# No network is needed (pip runs with --no-index). Time budget, each step capped with `timeout`
+# so a hang in one still leaves the others' output (caps sum to 390 s, plus 3 s of grace each and
+# about 20 s of Python start-ups outside them: under 7 minutes even if every step times out):
+#   build 125 s | tests 95 s, with compute-sanitizer (90 s) beside them | checks 60 s | bench 110 s
+# $OUT receives 7 files: device_check.md (the step table and short tables), results.json,
+# results.csv, summary.md, throughput.png, gpu_checks.json, logs.tar.gz (every log).
+#
+# For a dry run of this script's plumbing on a CPU machine (nothing here needs changing on a GPU):
+#   DBL_CHECK_DEVICE=cpu DBL_CHECK_BUILD=0 DBL_CHECK_SUITES=smoke DBL_CHECK_BIG=70x3000 \
+#   DBL_CHECK_TESTS="benchmarks/test_bench.py -k suites" OUT=/tmp/x bash benchmarks/device_check.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+OUT="${OUT:-$ROOT/device_out}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/dbl_check.XXXXXX)"
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
+T0=$(date +%s)
+
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 MAX_JOBS=16
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+DEVICE="${DBL_CHECK_DEVICE:-cuda}"
+SUITES="${DBL_CHECK_SUITES:-targets,coco,openimages}"
+BIG="${DBL_CHECK_BIG:-65537x32768}"
+read -r -a TESTS <<< "${DBL_CHECK_TESTS:-tests benchmarks}"
+
+: > "$WORK/steps.tsv"
+# step NAME LIMIT_S CMD...: run CMD under `timeout`, log to $LOGS/NAME.log, record rc and seconds.
+step() {
+  local name="$1" limit="$2"; shift 2
+  local t=$(date +%s) rc
+  timeout -k 3 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t ))" "$limit" >> "$WORK/steps.tsv"
+  return $rc
+}
+
+# --- environment (read-only queries) ---------------------------------------------------------
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu,utilization.gpu --format=csv 2>&1
+  nvcc --version 2>&1 | tail -2
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'capability', torch.cuda.get_device_capability(0))" 2>&1
+  "$PY" -c "import triton; print('triton', triton.__version__)" 2>&1
+  nproc; free -g | head -2
+  git -C "$ROOT" rev-parse HEAD 2>&1; git -C "$ROOT" status --short 2>&1 | head -40
+} > "$LOGS/env.txt" 2>&1
+ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo 9.0)"
+export TORCH_CUDA_ARCH_LIST="$ARCH"
+
+# --- 1. build (125 s) --------------------------------------------------------------------------
+# Editable install without network; if pip cannot do it, build the extension in place (the
+# package is importable from the repo root through PYTHONPATH either way).
+if [ "${DBL_CHECK_BUILD:-1}" = 1 ]; then
+step build 125 bash -c "'$PY' -m pip install --no-build-isolation --no-deps --no-index -v -e . \
+  || '$PY' setup.py build_ext --inplace -j 16"
+else
+  printf 'build\tskipped\t0\t0\n' >> "$WORK/steps.tsv"
+fi
+"$PY" -c "import dbl_kernels; print('available backends:', dbl_kernels.available_backends())" \
+  > "$LOGS/backends.txt" 2>&1
+
+# --- 2. tests on CUDA (95 s), compute-sanitizer beside them (90 s) ------------------------------
+SAN="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)"
+if [ -n "$SAN" ] && [ "$DEVICE" = cuda ]; then
+  # The caching allocator would hide out-of-bounds accesses inside its cached blocks.
+  ( export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    step sanitizer 90 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no \
+      "$PY" benchmarks/gpu_checks.py sanitize ) &
+  SAN_PID=$!
+else
+  echo "compute-sanitizer not found" > "$LOGS/sanitizer.log"
+  printf 'sanitizer\tmissing\t0\t0\n' >> "$WORK/steps.tsv"
+  SAN_PID=
+fi
+step tests 95 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" --benchmark-disable -rfE \
+  --durations=15 --junitxml="$LOGS/junit.xml"
+[ -n "$SAN_PID" ] && wait "$SAN_PID"
+
+# --- 3. GPU checks: configs vs reference, N*C > 2^31, determinism (60 s) -----------------------
+step checks 60 "$PY" benchmarks/gpu_checks.py all --device "$DEVICE" --budget-s 15 --big-shape "$BIG" \
+  --json "$OUT/gpu_checks.json" --md "$WORK/checks.md"
+
+# --- 4. benchmark: targets (incl. one xmc shape), coco, openimages (110 s) ----------------------
+# run.py stops starting new cases after --budget-s and writes what it has on SIGTERM too. To fit
+# the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic) except for
+# the targets shapes (N*C >= 2^26), which get a static graph each.
+step bench 110 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out "$OUT" \
+  --budget-s 90 --min-time 0.05 --static-from 67108864 --no-progress --short
+
+# --- report -------------------------------------------------------------------------------------
+{
+  echo "# device_check $(date -u +%Y-%m-%d) on $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' 2>/dev/null)"
+  echo
+  echo "total $(( $(date +%s) - T0 )) s; $(cat "$LOGS/backends.txt" 2>/dev/null | tail -1)"
+  echo
+  echo "| step | rc | seconds | limit |"
+  echo "|---|---|---|---|"
+  awk -F'\t' '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}' "$WORK/steps.tsv"
+  echo
+  echo "tests: $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$LOGS/tests.log" | tail -1)"
+  grep -E '^(FAILED|ERROR) ' "$LOGS/tests.log" | head -15
+  echo
+  echo "sanitizer: $(grep -E 'ERROR SUMMARY|sanitize:' "$LOGS/sanitizer.log" 2>/dev/null | tr '\n' ' ')"
+  echo
+  cat "$WORK/checks.md" 2>/dev/null || echo "gpu checks: no report (see logs/checks.log)"
+  echo
+  echo "## Targets"
+  "$PY" benchmarks/gpu_checks.py targets "$OUT/results.json" 2>&1 | tail -20
+  echo
+  echo "## Benchmark (fastest fused backend per case)"
+  echo '```'
+  "$PY" benchmarks/run.py --report "$OUT" --short --no-plot 2>&1 | tail -60
+  echo '```'
+} > "$OUT/device_check.md" 2>&1
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null
+cat "$OUT/device_check.md"

@@ -1,0 +1,280 @@
+"""Benchmark suite: pytest-benchmark timings of each backend, and smoke tests of the benchmark
+program, its GPU checks and the README generator.
+
+    pytest benchmarks --benchmark-disable            # smoke only (what CI runs): each timing once
+    pytest benchmarks/test_bench.py --benchmark-only --benchmark-autosave   # regression timings
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench_data  # noqa: E402
+import gpu_checks  # noqa: E402
+import readme_tables  # noqa: E402
+import run as bench  # noqa: E402
+
+import dbl_kernels  # noqa: E402
+from dbl_kernels import DistributionBalancedLoss  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _backends(device):
+    # The Triton interpreter on CPU tensors is a correctness tool, not something to time.
+    names = ["reference"] + bench.fused_backends(torch.device(device))
+    return [(device, b) for b in names]
+
+
+# ------------------------------------------------------------------------------------------------
+# pytest-benchmark: one timing per backend and shape
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,backend", [p for d in DEVICES for p in _backends(d)])
+@pytest.mark.parametrize("n,c", [(512, 80), (64, 9605)])
+def test_loss_fwd_bwd(benchmark, device, backend, n, c):
+    gen = torch.Generator().manual_seed(n + c)
+    labels = bench_data.make_labels(n, c, gen).to(device)
+    logits = bench_data.make_logits(n, c, torch.float32, "cpu", gen).to(device)
+    stats = bench_data.stats_for(c)
+    fused = DistributionBalancedLoss(stats, backend=backend, validate_labels=False).to(device)
+    leaf = logits.clone().requires_grad_(True)
+
+    def step():
+        loss = fused(leaf, labels)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss, grad
+
+    loss, grad = benchmark(step)
+    ref = DistributionBalancedLoss(stats, backend="reference", validate_labels=False).to(device)
+    x = logits.clone().requires_grad_(True)
+    ref_loss = ref(x, labels)
+    (ref_grad,) = torch.autograd.grad(ref_loss, x)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-4 * float(ref_grad.abs().max()))
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark program
+# ------------------------------------------------------------------------------------------------
+def _smoke_args(device, out, *extra):
+    args = ["--device", device, "--suite", "smoke", "--out", str(out), "--min-time", "0", "--min-reps", "2",
+            "--max-reps", "3", "--no-progress", "--labels-dtypes", "uint8"]
+    if device == "cuda":
+        args += ["--logits-dtypes", "bf16"]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def smoke_run(request, tmp_path_factory):
+    """One real run of the benchmark program (baselines, torch.compile, every fused backend)."""
+    device = request.param
+    out = tmp_path_factory.mktemp(f"bench-{device}") / f"2026-01-01-{device}"
+    assert bench.main(_smoke_args(device, out)) == 0
+    records, meta = bench.load_results(out)
+    return device, out, records, meta
+
+
+def test_run_writes_every_output(smoke_run):
+    device, out, records, meta = smoke_run
+    for name in ("results.json", "results.csv", "summary.md", "throughput.png"):
+        assert (out / name).stat().st_size > 0, name
+    backends = {r["backend"] for r in records}
+    assert backends == {"eager", "compile"} | set(bench.fused_backends(torch.device(device)))
+    assert {r["mode"] for r in records} == {"fwd", "fwd+bwd"}
+    for r in records:
+        assert set(bench.FIELDS) <= set(r)
+        assert r["status"] == "ok", r
+        assert r["device"] == device and r["torch"] == torch.__version__ and r["N"] == 16 and r["C"] == 80
+        assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert math.isclose(r["elements_per_s"], 16 * 80 / (r["median_ms"] * 1e-3))
+        assert math.isclose(r["roofline_fraction"], r["gbytes_per_s"] / meta["copy_gbytes_per_s"])
+        assert r["max_rel_err"] < (2e-2 if r["logits_dtype"] == "bf16" else 1e-4)
+        assert r["speedup_vs_eager"] > 0 and r["speedup_vs_compile"] > 0
+        if r["backend"] == "eager":
+            assert r["speedup_vs_eager"] == 1.0
+    fwd_bwd = next(r for r in records if r["mode"] == "fwd+bwd")
+    logit_bytes = 2 if fwd_bwd["logits_dtype"] == "bf16" else 4
+    assert fwd_bwd["bytes_moved"] == 16 * 80 * (2 * logit_bytes + 1)
+    assert meta["copy_gbytes_per_s"] > 0 and meta["auto_backend"] in dbl_kernels.available_backends()
+    if device == "cuda":
+        assert all(r["peak_mem_bytes"] is not None and r["peak_mem_bytes"] >= 0 for r in records)
+    summary = (out / "summary.md").read_text()
+    assert meta["device_name"] in summary and "| smoke | 16 | 80 |" in summary
+
+
+def test_run_report_rerenders(smoke_run, capsys):
+    _, out, records, _ = smoke_run
+    assert bench.main(["--report", str(out), "--short", "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "smoke" in printed and "auto=" in printed
+    assert len(json.loads((out / "results.json").read_text())) == len(records)
+
+
+def test_run_label_dtypes_and_budget(tmp_path):
+    out = tmp_path / "r"
+    args = ["--device", "cpu", "--suite", "quick", "--out", str(out), "--min-time", "0", "--min-reps", "1",
+            "--max-reps", "1", "--no-progress", "--no-plot", "--backends", "eager,cpu", "--budget-s", "1e-9"]
+    assert bench.main(args) == 0
+    records, _ = bench.load_results(out)
+    assert records and all(r["status"] == "skipped: time budget" for r in records)
+    args = ["--device", "cpu", "--suite", "quick", "--out", str(out), "--min-time", "0", "--min-reps", "1",
+            "--max-reps", "1", "--no-progress", "--no-plot", "--backends", "eager,cpu,triton",
+            "--labels-dtypes", "bool,float", "--modes", "fwd+bwd"]
+    assert bench.main(args) == 0
+    records, _ = bench.load_results(out)
+    assert {r["labels_dtype"] for r in records} == {"bool", "float"}
+    assert {r["backend"] for r in records} <= {"eager", "cpu"}  # no interpreter timings on the CPU
+    assert all(r["status"] == "ok" and r["max_rel_err"] < 1e-4 for r in records), records
+
+
+def test_suites_and_bytes():
+    quick = bench.order_cases(bench.suite_cases("quick", ["fp32"]))
+    assert len({(c.inputs_key, c.mode) for c in quick}) == len(quick)
+    assert {c.labels_dtype for c in quick} == {"uint8", "bool", "float"}
+    coco = bench.suite_cases("coco", ["fp32", "bf16"])
+    assert {c.N for c in coco} == {256, 1024, 4096, 16384, 65536} and {c.C for c in coco} == {80}
+    assert {c.C for c in bench.suite_cases("xmc", ["fp32"])} == {131072, 1048576}
+    both = bench.order_cases(bench.suite_cases("quick", ["fp32"]) + bench.suite_cases("coco", ["fp32"]))
+    assert {c.N for c in both if c.suite == "coco" and c.labels_dtype == "uint8"} == {256, 1024, 4096, 16384, 65536}
+    assert not [c for c in both if c.suite == "quick" and c.C == 80 and c.labels_dtype == "uint8"]
+    assert all(c.N * c.C >= bench.TARGET_ELEMENTS for c in bench.suite_cases("targets", ["bf16"]))
+    case = bench.Case("x", 10, 8, "bf16", "bool", "fwd+bwd")
+    assert bench.bytes_moved(case) == 80 * (2 + 1 + 2)
+    assert bench.bytes_moved(bench.Case("x", 10, 8, "fp32", "float", "fwd")) == 80 * 8
+    assert bench.n_input_sets(1 << 10, 32 << 20, 1 << 30) == 8
+    assert bench.n_input_sets(1 << 28, 32 << 20, 1 << 30) == 2
+    assert bench.n_input_sets(1 << 30, 32 << 20, 1 << 30) == 1
+    with pytest.raises(ValueError):
+        bench.suite_cases("nope", ["fp32"])
+
+
+def test_timer_percentiles_cpu():
+    timer = bench.Timer(torch.device("cpu"), min_time=0.0, min_reps=4, max_reps=6)
+    calls = []
+    times = timer(lambda i: calls.append(i), 3, 100)
+    assert 4 <= len(times) <= 6 and all(t >= 0 for t in times)
+    assert set(calls) <= {0, 1, 2} and len(set(calls)) > 1  # input sets rotate
+
+
+def test_targets_table_marks():
+    def rec(backend, ms, **kw):
+        return dict(dict(suite="targets", N=128, C=1 << 20, logits_dtype="bf16", labels_dtype="uint8",
+                         mode="fwd+bwd", backend=backend, median_ms=ms, status="ok"), **kw)
+    records = [rec("eager", 100.0), rec("compile", 10.0),
+               rec("triton", 2.0, roofline_fraction=0.9, speedup_vs_compile=5.0, speedup_vs_eager=50.0),
+               rec("cuda", 3.0, roofline_fraction=0.6, speedup_vs_compile=3.3, speedup_vs_eager=33.0),
+               dict(rec("triton", 1.0), N=16)]  # too small for the targets
+    rows = bench.targets_rows(records, "cuda")
+    assert [(r["backend"], r["N"]) for r in rows] == [("triton", 128), ("cuda", 128)]
+    assert all(rows[0]["checks"].values()) and not rows[1]["checks"]["roofline_fraction"]
+    assert rows[0]["fastest"] == "triton" and not rows[0]["auto_is_fastest"]
+    table = bench.targets_table(records, "cuda")
+    assert "0.90 ✓" in table and "0.60 ✗" in table
+
+
+# ------------------------------------------------------------------------------------------------
+# Label data
+# ------------------------------------------------------------------------------------------------
+def test_coco_rows_are_real_rows():
+    gen = torch.Generator().manual_seed(0)
+    rows = bench_data.coco_labels(64, gen)
+    matrix = bench_data.coco_label_matrix()
+    assert matrix.shape == (1909, 80) and rows.dtype == torch.uint8
+    assert all(bool((matrix == row).all(1).any()) for row in rows)
+    stats = bench_data.stats_for(80)
+    assert stats.train_num == 1909 and (matrix.sum(0).numpy() == stats.class_freq).all()
+
+
+@pytest.mark.parametrize("c", [9605, 131072])
+def test_long_tail_labels(c):
+    gen = torch.Generator().manual_seed(1)
+    family = bench_data.family_for(c)
+    labels = bench_data.make_labels(400, c, gen)
+    assert labels.shape == (400, c) and labels.dtype == torch.uint8 and int(labels.max()) == 1
+    per_row = labels.sum(1, dtype=torch.float64)
+    assert per_row.min() >= 1 and abs(float(per_row.mean()) - family.mean_positives) < 1.5
+    stats = bench_data.stats_for(c)
+    freq = stats.class_freq
+    assert freq.min() >= 1 and freq.max() < stats.train_num and freq.max() / freq.min() > 100  # a long tail
+    again = bench_data.make_labels(400, c, torch.Generator().manual_seed(1))
+    assert torch.equal(labels, again)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU checks (their logic, on the CPU)
+# ------------------------------------------------------------------------------------------------
+def _check_backends():
+    return ["reference"] + bench.fused_backends(torch.device("cpu"))
+
+
+def test_config_grid_covers_every_option():
+    configs, n_core = gpu_checks.config_grid()
+    assert configs[0] == {} and len({json.dumps(c, sort_keys=True) for c in configs}) == len(configs)
+    assert len(configs) >= 8 * 3 * 2 * 2 * 3
+    for axis, values in gpu_checks.AXES.items():
+        for v in values[1:]:
+            assert {axis: v} in configs[:n_core]
+
+
+def test_gpu_checks_logic_on_cpu():
+    device = torch.device("cpu")
+    backends = _check_backends()
+    configs = gpu_checks.check_configs(device, backends, budget_s=2.0)
+    assert configs["ok"], configs["failures"][:3]
+    assert configs["configs_checked"] >= 1 and configs["runs"] >= len(gpu_checks.INPUTS) * len(backends)
+    big = gpu_checks.check_big(device, backends, n=37, c=3000, rows=[0, 36])
+    assert big["ok"], big
+    det = gpu_checks.check_determinism(device, backends, shapes=[(64, 80, "bf16", "uint8"), (8, 9605, "fp32", "float")])
+    assert det["ok"], det
+    report = gpu_checks.render([configs, big, det], device)
+    assert report.count("| pass |") == 3
+    assert gpu_checks.sanitize_run(device, backend=backends[-1]) == 18
+
+
+def test_gpu_checks_flags_a_wrong_backend(monkeypatch):
+    """The comparison must catch a backend that is off: scale the loss of "reference" used as the
+    backend under test."""
+    original = gpu_checks.compare_one
+
+    def off_by_a_bit(backend, cfg, inputs, stats, device, check_nograd):
+        err, problems = original(backend, cfg, inputs, stats, device, check_nograd)
+        return err + 0.1, problems
+
+    monkeypatch.setattr(gpu_checks, "compare_one", off_by_a_bit)
+    result = gpu_checks.check_configs(torch.device("cpu"), ["reference"], budget_s=1e-9, log=lambda *_: None)
+    assert not result["ok"] and result["n_failures"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# README / docs generator
+# ------------------------------------------------------------------------------------------------
+def test_readme_tables(smoke_run, tmp_path):
+    _, out, records, meta = smoke_run
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n\n<!-- perf:start -->\nold\n<!-- perf:end -->\n\nafter\n")
+    doc = tmp_path / "docs" / "performance.md"
+    args = ["--results", str(out.parent), "--readme", str(readme), "--doc", str(doc)]
+    assert readme_tables.main(args) == 0
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\n\nbefore") and text.endswith("after\n")
+    assert "## Performance" in text and "throughput.png" in text and meta["device_name"] in text
+    assert "| 16 × 80 |" in text
+    assert "## Method" in doc.read_text()
+    assert readme_tables.main(args + ["--check"]) == 0
+    readme.write_text(text.replace("16 × 80", "16 x 80"))
+    assert readme_tables.main(args + ["--check"]) == 1
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert readme_tables.main(["--results", str(out.parent), "--readme", str(plain), "--doc", str(doc)]) == 0
+    assert plain.read_text() == "no markers\n"
