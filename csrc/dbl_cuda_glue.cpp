@@ -3,7 +3,7 @@
 #ifdef DBL_WITH_CUDA
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: that one needs cuBLAS/cuSPARSE headers
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
@@ -74,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
   const auto bytes = static_cast<int64_t>(cuda::fused_workspace_bytes(a));
   const at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 16)}, logits.options().dtype(at::kByte));
   a.workspace = workspace.data_ptr();
-  const int err = cuda::fused(a, at::cuda::getCurrentCUDAStream().stream());
+  const int err = cuda::fused(a, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "dbl::fused: CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
   return {p.loss, p.grad};
 }
@@ -92,7 +92,7 @@ void scale_grad_cuda(at::Tensor& grad, const at::Tensor& grad_output) {
   if (go.scalar_type() != at::kFloat && go.scalar_type() != at::kDouble) go = go.to(at::kFloat);
   if (go.device() != grad.device()) go = go.to(grad.device(), /*non_blocking=*/true);
   const int err = cuda::scale_grad(grad.data_ptr(), cuda_dtype(grad.scalar_type()), grad.numel(), go.data_ptr(),
-                                   cuda_dtype(go.scalar_type()), at::cuda::getCurrentCUDAStream().stream());
+                                   cuda_dtype(go.scalar_type()), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "dbl::scale_grad_cuda_: CUDA kernel launch failed: ",
               cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
