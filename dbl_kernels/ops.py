@@ -67,6 +67,7 @@ def _(grad, grad_output):
 def _setup_context(ctx, inputs, output):
     _, grad = output
     ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(grad)  # the buffer is an implementation detail, not a differentiable output
     ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N x C zeros buffer
     ctx.reduction = inputs[_REDUCTION]
     ctx.has_grad = inputs[_NEED_GRAD]

@@ -1,0 +1,383 @@
+"""The Triton backend against the reference and the authors' golden values.
+
+Runs on CUDA tensors, or on CPU tensors through the interpreter when TRITON_INTERPRET=1 is set
+before triton is imported (shapes stay small: the interpreter is slow).
+"""
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if not _INTERPRET and not torch.cuda.is_available():
+    pytest.skip("the triton backend needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
+pytest.importorskip("triton")
+
+from conftest import GOLDEN_CASES, golden_case, rel_err  # noqa: E402
+from dbl_kernels import ClassStats, DistributionBalancedLoss, ResampleLoss, ops  # noqa: E402
+from dbl_kernels import triton_kernel as tk  # noqa: E402
+from dbl_kernels._spec import class_params, kernel_spec, make_aux  # noqa: E402
+
+if not tk.usable():
+    pytest.skip("triton backend not usable here", allow_module_level=True)
+
+# the interpreter evaluates masked lanes too (1/0, exp overflow): numpy warns, results are selected away
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+DEV = "cpu" if _INTERPRET else "cuda"
+COCO = ClassStats.preset("coco-mlt")
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _fixed_tiles(request):
+    """On a GPU, one tile per specialisation instead of autotuning each of the hundreds of
+    configurations below (test_autotuned_paths covers the autotuner)."""
+    if _INTERPRET or "autotuned" in request.node.name:
+        yield
+    else:
+        with tk._force_tiles(row_tile_elems=1024, loop_block_c=1024):
+            yield
+
+
+def _stats(num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    return ClassStats(rng.integers(1, 900, num_classes).astype(float), train_num=1000.0)
+
+
+def _inputs(n, c, labels="uint8", seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
+    hard = torch.rand(n, c, generator=g) < 0.15
+    hard[0] = False  # a row without positives: r_i = 0 (rebalance) and the CB fallback
+    if labels == "soft":
+        y = torch.where(hard, torch.rand(n, c, generator=g), torch.rand(n, c, generator=g) * 0.2)
+        y[0, :] = 0.0
+        y[torch.rand(n, c, generator=g) < 0.1] = -1.0
+    elif labels == "partial":
+        y = hard.to(torch.int8)
+        y[torch.rand(n, c, generator=g) < 0.2] = -1
+    else:
+        y = hard.to(getattr(torch, labels))
+    return z.to(DEV), y.to(DEV)
+
+
+def _run(backend, stats, z, y, weight=None, grad_output=None, dtype=torch.float32, **cfg):
+    """(loss, d loss / d logits) through the public API, on a fresh leaf."""
+    leaf = z.detach().to(dtype).requires_grad_(True)
+    loss = DistributionBalancedLoss(stats, backend=backend, **cfg)(leaf, y, weight)
+    go = torch.ones_like(loss) if grad_output is None else grad_output
+    (grad,) = torch.autograd.grad(loss, leaf, go)
+    return loss.detach(), grad
+
+
+def _rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    scale = b.abs().max().clamp_min(1e-30)
+    return max(float((a - b).norm() / b.norm().clamp_min(1e-30)), float((a - b).abs().max() / scale))
+
+
+def _check(stats, z, y, weight=None, tol=TOL, **cfg):
+    lt, gt = _run("triton", stats, z, y, weight, **cfg)
+    lr, gr = _run("reference", stats, z, y, weight, **cfg)
+    assert lt.dtype == lr.dtype and lt.shape == lr.shape
+    assert gt.dtype == gr.dtype and gt.shape == gr.shape
+    assert torch.isfinite(lt).all() and torch.isfinite(gt).all()
+    assert _rel(lt, lr) <= tol, f"loss {cfg}: {_rel(lt, lr):.3g}"
+    assert _rel(gt, gr) <= tol, f"grad {cfg}: {_rel(gt, gr):.3g}"
+    return lt, gt
+
+
+REWEIGHTS = [dict(reweight="rebalance"), dict(reweight="CB", cb_mode="by_class"),
+             dict(reweight="CB", cb_mode="average_w"), dict(reweight="CB", cb_mode="average_n"),
+             dict(reweight="CB", cb_mode="min_n"), dict(reweight="inv"), dict(reweight="sqrt_inv"),
+             dict(reweight=None)]
+NORMS = [None, "by_instance", "by_batch"]
+NTRS = [dict(logit_reg=False), dict(logit_reg=True, ntr_bias="official"),
+        dict(logit_reg=True, ntr_bias="paper", neg_scale=5.0, init_bias=0.1)]
+# every focal setting, reduction and label kind, spread over the sub-runs of each case
+SUBRUNS = [(dict(focal=False), "mean", "uint8", False), (dict(focal=True, gamma=0.0), "sum", "partial", True),
+           (dict(focal=True, gamma=0.5), "none", "soft", False), (dict(focal=True, gamma=2.0), "mean", "partial", True),
+           (dict(focal=True, gamma=2.0), "none", "bool", False)]
+
+
+def _case_id(rw, norm, ntr):
+    return "-".join([str(rw.get("cb_mode", rw["reweight"])), str(norm), ntr.get("ntr_bias", "nontr")])
+
+
+@pytest.mark.parametrize("rw,norm,ntr", [pytest.param(*p, id=_case_id(*p))
+                                         for p in itertools.product(REWEIGHTS, NORMS, NTRS)])
+def test_configurations(rw, norm, ntr):
+    for i, (focal, reduction, labels, use_weight) in enumerate(SUBRUNS):
+        z, y = _inputs(12, 80, labels, seed=i)
+        weight = torch.rand(12, 80, device=DEV) + 0.5 if use_weight else None
+        _check(COCO, z, y, weight, weight_norm=norm, reduction=reduction, **rw, **ntr, **focal)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.0])
+def test_focal_and_reductions(gamma, reduction):
+    z, y = _inputs(10, 80, "partial", seed=3)
+    _check(COCO, z, y, reduction=reduction, gamma=gamma)
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda c: c["name"])
+def test_golden(case, golden_arrays):
+    kwargs, (freq, neg), logits, labels, want_loss, want_grad = golden_case(case, golden_arrays)
+    logits = logits.to(DEV).requires_grad_(True)
+    loss = ResampleLoss(class_freq=freq, neg_class_freq=neg, backend="triton", **kwargs)(logits, labels.to(DEV))
+    loss.backward()
+    assert abs(float(loss.detach()) - want_loss) <= TOL * abs(want_loss)
+    assert rel_err(logits.grad.cpu(), want_grad) <= TOL
+
+
+@pytest.mark.parametrize("num_classes", [1, 3, 80, 257])
+def test_class_counts(num_classes):
+    stats = _stats(num_classes, seed=num_classes)
+    for cfg, labels in [(dict(), "uint8"), (dict(reweight="CB", cb_mode="average_n", weight_norm="by_instance",
+                                                 reduction="none"), "partial"),
+                        (dict(reweight="CB", cb_mode="min_n", gamma=0.5, reduction="sum"), "soft")]:
+        z, y = _inputs(9, num_classes, labels, seed=1)
+        _check(stats, z, y, **cfg)
+
+
+@pytest.mark.parametrize("split", [None, 3])
+@pytest.mark.parametrize("rows_per_program", [1, 2])
+def test_column_tile_loop(split, rows_per_program):
+    """C > one tile: the column loop (16-wide tiles), with the statistics pass inline or, when the
+    columns are split over programs, from the statistics kernel."""
+    stats = _stats(257, seed=7)
+    with tk._force_tiles(one_tile_max_c=0, loop_block_c=16, loop_tile_elems=16 * rows_per_program,
+                         split=split, chunk_align=32, stats_block_c=32):
+        for i, (cfg, labels) in enumerate([
+                (dict(), "uint8"), (dict(weight_norm="by_instance", reduction="none"), "partial"),
+                (dict(reweight="CB", cb_mode="average_w", reduction="sum"), "soft"),
+                (dict(reweight="CB", cb_mode="average_n", weight_norm="by_instance"), "partial"),
+                (dict(reweight="CB", cb_mode="min_n", gamma=0.5), "uint8"),
+                (dict(reweight="sqrt_inv", weight_norm="by_batch", reduction="none"), "int64")]):
+            z, y = _inputs(5, 257, labels, seed=i)
+            _check(stats, z, y, **cfg)
+
+
+@pytest.mark.parametrize("block_c", [16, 32])
+def test_narrow_column_tiles(block_c):
+    """C = 80 in 16- or 32-wide column tiles of many rows (what the autotuner may pick for C just
+    above a power of 2), the statistics pass re-reading the labels."""
+    with tk._force_tiles(row_block_c=block_c, row_tile_elems=8 * block_c, slot_tile_elems=4 * block_c):
+        for i, (cfg, labels) in enumerate([(dict(), "uint8"), (dict(reweight="CB", cb_mode="min_n"), "partial"),
+                                           (dict(weight_norm="by_instance", reduction="none"), "soft")]):
+            z, y = _inputs(19, 80, labels, seed=20 + i)
+            _check(COCO, z, y, **cfg)
+
+
+def test_partial_slots_of_larger_tiles():
+    """Autotuned tiles of different heights share one slot layout: a taller tile zero-fills its extra slots."""
+    z, y = _inputs(37, 80, "partial", seed=14)
+    with tk._force_tiles(row_tile_elems=1024, slot_tile_elems=256):
+        for reduction in ("mean", "sum"):
+            _check(COCO, z, y, reduction=reduction)
+
+
+def test_noncontiguous_inputs():
+    z, y = _inputs(12, 80, "partial", seed=5)
+    wide = torch.randn(12, 100, device=DEV)
+    wide[:, 7:87] = z.float()
+    z_view = wide[:, 7:87]                                   # row stride 100 (kept: already float32)
+    y_wide = torch.zeros(12, 96, dtype=y.dtype, device=DEV)
+    y_wide[:, 16:] = y
+    y_view = y_wide[:, 16:]                                  # row stride 96
+    y_t = y.t().contiguous().t()                             # column stride 12 (the loss copies it)
+    assert z_view.stride() == (100, 1) and y_view.stride() == (96, 1) and y_t.stride(1) != 1
+    for labels in (y_view, y_t):
+        for weight in [torch.rand(80, device=DEV) + 0.5,         # per class: row stride 0
+                       torch.rand(12, 1, device=DEV) + 0.5,      # per row: column stride 0
+                       (torch.rand(80, 12, device=DEV) + 0.5).t()]:  # transposed
+            for reduction in ["mean", "none"]:
+                _check(COCO, z_view, labels, weight, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                                   torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_label_dtypes(dtype):
+    z, y = _inputs(8, 80, "uint8", seed=2)
+    lt, gt = _run("triton", COCO, z, y.to(dtype))
+    lr, gr = _run("reference", COCO, z, y)
+    assert _rel(lt, lr) <= TOL and _rel(gt, gr) <= TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_logits(dtype):
+    z, y = _inputs(8, 80, "partial", seed=4)
+    z = z.to(dtype)
+    lt, gt = _run("triton", COCO, z, y, dtype=dtype)
+    lr, gr = _run("reference", COCO, z, y, dtype=dtype)
+    assert lt.dtype == torch.float32 and gt.dtype == dtype
+    assert _rel(lt, lr) <= TOL
+    # both round the same fp32 gradient to half precision: at most one unit in the last place apart
+    ulp = 2.0 ** -10 if dtype == torch.float16 else 2.0 ** -7
+    assert ((gt.double() - gr.double()).abs() <= ulp * gr.double().abs() + 1e-30).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_grad_output_not_one(reduction):
+    z, y = _inputs(10, 80, "partial", seed=6)
+    shape = (10, 80) if reduction == "none" else ()
+    go = (torch.rand(shape, device=DEV, dtype=torch.float64) * 3 - 1).float() if reduction == "none" else \
+        torch.tensor(3.7, device=DEV)
+    lt, gt = _run("triton", COCO, z, y, grad_output=go, reduction=reduction)
+    lr, gr = _run("reference", COCO, z, y, grad_output=go, reduction=reduction)
+    assert _rel(lt, lr) <= TOL and _rel(gt, gr) <= TOL
+
+
+@pytest.mark.parametrize("grad_dtype,go_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                 (torch.float64, torch.float64)])
+def test_scale_grad_kernel(grad_dtype, go_dtype):
+    grad = torch.randn(3, 5000, device=DEV).to(grad_dtype)
+    before = grad.clone()
+    tk.scale_grad(grad, torch.ones((), device=DEV, dtype=go_dtype))
+    assert torch.equal(grad, before)
+    tk.scale_grad(grad, torch.full((1,), 3.7, device=DEV, dtype=go_dtype))
+    want = (before.to(go_dtype) * 3.7).to(grad_dtype)
+    if _INTERPRET and grad_dtype == torch.bfloat16:  # the interpreter truncates fp32 -> bf16 (GPUs round)
+        assert ((grad.double() - want.double()).abs() <= 2.0 ** -7 * want.double().abs()).all()
+    else:
+        assert torch.equal(grad, want)
+
+
+def _numeric_check(stats, z, y, directions=3, h=1e-6, **cfg):
+    """fp64 gradient check by central differences (a fresh forward per evaluation: the fused ops
+    back-propagate each loss once, so torch.autograd.gradcheck's repeated backward does not apply)."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(directions):
+        dz = torch.randn(z.shape, generator=g, dtype=torch.float64).to(DEV)
+        v = torch.randn(z.shape if cfg.get("reduction") == "none" else (), generator=g,
+                        dtype=torch.float64).to(DEV)
+        _, grad = _run("triton", stats, z, y, grad_output=v, dtype=torch.float64, **cfg)
+        plus, _ = _run("triton", stats, z + h * dz, y, dtype=torch.float64, **cfg)
+        minus, _ = _run("triton", stats, z - h * dz, y, dtype=torch.float64, **cfg)
+        numeric = float(((plus - minus) * v).sum() / (2 * h))
+        analytic = float((grad.detach() * dz).sum())
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (cfg, k, numeric, analytic)
+
+
+@pytest.mark.parametrize("cfg,labels", [
+    (dict(), "partial"), (dict(gamma=0.5, weight_norm="by_instance", reduction="none"), "soft"),
+    (dict(reweight="CB", cb_mode="average_n", weight_norm="by_batch", reduction="sum"), "partial"),
+    (dict(reweight="CB", cb_mode="min_n", ntr_bias="paper", gamma=1.0), "soft")])
+def test_fp64_gradcheck(cfg, labels):
+    stats = _stats(6, seed=11)
+    z, y = _inputs(5, 6, labels, seed=8, scale=2.0)
+    lt, gt = _run("triton", stats, z, y, dtype=torch.float64, **cfg)
+    lr, gr = _run("reference", stats, z, y, dtype=torch.float64, **cfg)
+    assert lt.dtype == torch.float64 and gt.dtype == torch.float64
+    # the interpreter keeps the options' float64 values; a GPU launch passes them as fp32 scalars
+    tol = 1e-12 if _INTERPRET else 1e-5
+    assert _rel(lt, lr) <= tol and _rel(gt, gr) <= tol
+    _numeric_check(stats, z, y, **cfg)
+
+
+def test_no_input_mutation():
+    z, y = _inputs(12, 80, "partial", seed=9)
+    z = z.float().requires_grad_(True)
+    weight = torch.rand(12, 80, device=DEV)
+    saved = [t.detach().clone() for t in (z, y, weight)]
+    versions = [t._version for t in (z, y, weight)]
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton")
+    table = loss_fn.class_params.clone()
+    loss_fn(z, y, weight).backward()
+    for t, s, v in zip((z, y, weight), saved, versions):
+        assert torch.equal(t.detach(), s) and t._version == v
+    assert torch.equal(loss_fn.class_params, table)
+
+
+def test_deterministic():
+    stats = _stats(257, seed=3)
+    z, y = _inputs(24, 257, "partial", seed=10)
+    first = _run("triton", stats, z, y)
+    for _ in range(2):
+        again = _run("triton", stats, z, y)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    with tk._force_tiles(one_tile_max_c=0, loop_block_c=32, split=3, chunk_align=32, stats_block_c=32):
+        a, b = _run("triton", stats, z, y), _run("triton", stats, z, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_no_gradient_buffer_without_grad():
+    z, y = _inputs(6, 80, "uint8", seed=12)
+    z = z.float()
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton")
+    spec = kernel_spec(class_params(COCO.class_freq, COCO.train_num, loss_fn.config), loss_fn.config)
+    aux = make_aux(z, y, loss_fn.config, spec, loss_fn.class_freq, COCO.train_num)
+    params = loss_fn.class_params.float().to(DEV)
+    loss, grad = tk.fused(*ops.op_args(z, y, None, params, aux, spec, False))
+    assert grad.numel() == 0
+    loss_g, grad_g = tk.fused(*ops.op_args(z, y, None, params, aux, spec, True))
+    assert torch.equal(loss, loss_g) and grad_g.shape == z.shape
+    with torch.no_grad():
+        assert torch.equal(loss_fn(z.requires_grad_(True), y), loss)
+
+
+@pytest.mark.parametrize("labels", ["uint8", "soft"])
+def test_saturated_focal_gradients_finite(labels):
+    z, y = _inputs(6, 80, labels, seed=13)
+    z = torch.sign(z) * 60.0
+    z[1] = 1e4 * torch.sign(z[1])
+    for gamma in (0.5, 2.0):
+        for logit_reg in (False, True):
+            lt, gt = _check(COCO, z, y, gamma=gamma, logit_reg=logit_reg, reduction="sum")
+            assert torch.isfinite(gt).all() and torch.isfinite(lt).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch(reduction):
+    z, y = _inputs(1, 80, "uint8")
+    lt, gt = _run("triton", COCO, z[:0], y[:0], reduction=reduction)
+    lr, gr = _run("reference", COCO, z[:0], y[:0], reduction=reduction)
+    assert lt.shape == lr.shape and gt.shape == gr.shape
+    assert torch.equal(lt.isnan(), lr.isnan()) and torch.equal(lt.nan_to_num(), lr.nan_to_num())
+
+
+def test_opcheck():
+    z, y = _inputs(6, 80, "partial", seed=17)
+    z = z.float()
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton", reduction="none", weight_norm="by_batch")
+    aux = make_aux(z, y, loss_fn.config, loss_fn.spec, loss_fn.class_freq, COCO.train_num)
+    params = loss_fn.class_params.float().to(DEV)
+    # the interpreter launches kernels eagerly, outside the fake/functional tracing the AOT checks use
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    inference_utils = dict(test_utils=utils) if _INTERPRET else {}  # on a GPU: every check
+    for weight in (None, torch.rand(80, device=DEV).expand(6, 80)):
+        torch.library.opcheck(tk.fused, ops.op_args(z, y, weight, params, aux, loss_fn.spec, False),
+                              **inference_utils)
+        torch.library.opcheck(tk.fused, ops.op_args(z.clone().requires_grad_(), y, weight, params, aux,
+                                                    loss_fn.spec, True), test_utils=utils)
+
+
+@pytest.mark.skipif(_INTERPRET, reason="autotuning runs on a GPU only")
+@pytest.mark.parametrize("num_classes", [80, 100, 20000])
+def test_autotuned_paths(num_classes):
+    stats = _stats(num_classes, seed=num_classes)
+    z, y = _inputs(64, num_classes, "uint8", seed=15)
+    for cfg in (dict(), dict(reweight="CB", cb_mode="average_n", reduction="none")):
+        _check(stats, z.to(torch.bfloat16), y, tol=1e-2, dtype=torch.bfloat16, **cfg)
+        _check(stats, z, y, **cfg)
+
+
+@pytest.mark.skipif(_INTERPRET, reason="the interpreter runs kernels eagerly, so torch.compile cannot trace them")
+def test_torch_compile():
+    z, y = _inputs(32, 80, "uint8", seed=16)
+    z = z.float().requires_grad_(True)
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton")
+    params = loss_fn.class_params.float().to(DEV)
+    aux = make_aux(z, y, loss_fn.config, loss_fn.spec, loss_fn.class_freq, COCO.train_num)
+
+    def f(z, y, aux):
+        return tk.fused(*ops.op_args(z, y, None, params, aux, loss_fn.spec, True))[0]
+
+    want = f(z, y, aux)
+    (want_grad,) = torch.autograd.grad(want * 3.0, z)
+    got = torch.compile(f, fullgraph=True)(z, y, aux)
+    (got_grad,) = torch.autograd.grad(got * 3.0, z)
+    assert _rel(got, want) <= TOL and _rel(got_grad, want_grad) <= TOL
