@@ -141,6 +141,9 @@ def check_triton(archs, tool, quick, workdir):
 # ----------------------------------------------------------------------------------------------
 # CUDA (nvcc)
 # ----------------------------------------------------------------------------------------------
+# what torch's CUDAExtension adds (setup.py builds with these): no implicit half/bf16 conversions
+TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 MAIN_CUDA_PATTERN = re.compile(r"(bf16|bfloat16|float\b|f32|__nv_bfloat16)", re.I)
 
 
@@ -164,7 +167,7 @@ def check_cuda(archs, tool, workdir):
     for source in sources:
         for arch in archs:
             cubin = Path(workdir) / f"{source.stem}_{arch}.cubin"
-            cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17", "--use_fast_math",
+            cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17", *TORCH_NVCC_FLAGS,
                    "-I", str(ROOT / "csrc"), "-Xptxas", "-v", str(source), "-o", str(cubin)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:

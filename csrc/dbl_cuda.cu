@@ -49,6 +49,11 @@ template <>
 __device__ __forceinline__ __half store_as<__half, float>(float v) { return __float2half_rn(v); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16, float>(float v) { return __float2bfloat16_rn(v); }
+// torch builds with __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__: no implicit casts.
+template <>
+__device__ __forceinline__ __half store_as<__half, double>(double v) { return __double2half(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16, double>(double v) { return __double2bfloat16(v); }
 
 // V consecutive elements moved as one (16-byte for the logits; labels follow the same V).
 template <class S, int V>

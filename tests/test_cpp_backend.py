@@ -481,7 +481,10 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     for src in sources:
         included = re.findall(r'#include\s+[<"]([^>"]+)[>"]', src.read_text())
         assert not any(h.split("/")[0] in ("torch", "ATen", "c10") for h in included), (src, included)
-    jobs = [subprocess.Popen([nvcc, "-c", "-std=c++17", "-O3", f"-arch={arch}", "-I", str(ROOT / "csrc"), str(src),
+    # the flags torch's CUDAExtension adds: no implicit half/bfloat16 conversions or operators
+    torch_flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
+    jobs = [subprocess.Popen([nvcc, "-c", "-std=c++17", "-O3", *torch_flags, f"-arch={arch}", "-I", str(ROOT / "csrc"), str(src),
                               "-o", str(tmp_path / f"{src.stem}_{arch}.o")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for src in sources for arch in ("sm_80", "sm_90")]
