@@ -60,7 +60,7 @@ def main(argv=None):
             ("forward + autograd.grad", _ms(fwd_bwd, device, args.reps))]
     if backend != "reference":
         spec = loss_fn.spec
-        params = loss_fn._params(torch.float32)
+        params = loss_fn._params(torch.float32, device)
         aux = make_aux(z, y, loss_fn.config, spec, loss_fn.class_freq, stats.train_num)
         op = backends.fused_op(backend)
         rows.append(("make_aux", _ms(lambda: make_aux(z, y, loss_fn.config, spec, loss_fn.class_freq,

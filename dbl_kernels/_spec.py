@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import ops
 from .reference import LossConfig, compute_dtype
 
 INV_FREQ, CLASS_W, FREQ, BIAS = range(4)
@@ -119,6 +120,10 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     """
     dtype = compute_dtype(logits)
     n_elem = labels.numel()
+    host_known = (cfg.reduction != "mean" or avg_factor is None and not (may_hold_unknown(labels) and has_unknown is not False))
+    if host_known and spec.weight_norm != NORM_BATCH and ops.is_eager(logits):
+        scale = 1.0 if cfg.reduction != "mean" else (1.0 / n_elem if n_elem else math.nan)
+        return _constant_aux(scale, dtype, logits.device)
     if cfg.reduction != "mean":
         scale = torch.ones((), dtype=dtype, device=logits.device)
     elif avg_factor is not None:
@@ -136,3 +141,19 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     else:
         inv_norm = torch.ones((), dtype=dtype, device=logits.device)
     return torch.stack([scale.reshape(()), inv_norm.reshape(())])
+
+
+_CONSTANT_AUX = {}
+
+
+def _constant_aux(scale, dtype, device):
+    """[scale, 1] as a cached device tensor: the common case costs no launch per call. Kernels only
+    read aux, so sharing one tensor between calls is safe."""
+    key = (scale, dtype, device)
+    aux = _CONSTANT_AUX.get(key)
+    if aux is None:
+        if len(_CONSTANT_AUX) > 64:
+            _CONSTANT_AUX.clear()
+        aux = _CONSTANT_AUX[key] = torch.ones(2, dtype=dtype, device=device)
+        aux[0] = scale
+    return aux

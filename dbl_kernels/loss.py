@@ -138,16 +138,20 @@ class DistributionBalancedLoss(nn.Module):
         cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
         return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
 
-    def _params(self, dtype):
-        """class_params in the compute dtype, cast once per (device, dtype) and buffer version."""
+    def _params(self, dtype, device=None):
+        """class_params in the compute dtype on the logits' device, cast once per (device, dtype)
+        and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
         buf = self.class_params
+        device = buf.device if device is None else torch.device(device)
         if torch.compiler.is_compiling():  # data_ptr() cannot be traced; the cast joins the graph
-            return buf.to(dtype).contiguous()
-        key = (buf.device, dtype, buf.data_ptr(), buf._version)
+            return buf.to(device=device, dtype=dtype).contiguous()
+        key = (buf.device, device, dtype, buf.data_ptr(), buf._version)
         cached = self._cast_cache.get(key)
         if cached is None:
-            cached = buf.to(dtype).contiguous()
-            self._cast_cache = {key: cached}
+            cached = buf.to(device=device, dtype=dtype).contiguous()
+            if len(self._cast_cache) > 8:
+                self._cast_cache.clear()
+            self._cast_cache[key] = cached
         return cached
 
     def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
@@ -173,8 +177,8 @@ class DistributionBalancedLoss(nn.Module):
         aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
                        has_unknown)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, self._params(dtype), aux,
-                                                          spec, need_grad))
+        params = self._params(dtype, logits.device)
+        loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, params, aux, spec, need_grad))
         return loss
 
 

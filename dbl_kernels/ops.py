@@ -43,9 +43,21 @@ def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_
     return loss, grad
 
 
+def is_eager(tensor):
+    """True for a real tensor outside any tracing (torch.compile, make_fx, export): then kernels may be
+    launched directly, skipping the custom-op and wrap_triton machinery that tracing needs (hundreds
+    of microseconds of host time per call on a GPU machine)."""
+    return (not torch.compiler.is_compiling() and type(tensor) in (torch.Tensor, torch.nn.Parameter)
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 @torch.library.custom_op("dbl::scale_grad_", mutates_args=("grad",))
 def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
     """grad *= grad_output, skipped on the device when grad_output is a scalar 1.0."""
+    _scale_grad(grad, grad_output)
+
+
+def _scale_grad(grad, grad_output):
     if grad_output.numel() == 1 and grad.is_cuda:
         from . import backends
 
@@ -88,7 +100,7 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
     if grad_loss is None:
         return (None,) * ctx.n_inputs
-    scale_grad_(grad, grad_loss)
+    (_scale_grad if is_eager(grad) else scale_grad_)(grad, grad_loss)
     return (grad,) + (None,) * (ctx.n_inputs - 1)
 
 

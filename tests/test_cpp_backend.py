@@ -279,7 +279,7 @@ def test_opcheck(device):
     loss_fn = dk.DistributionBalancedLoss(_stats(20), backend=device, reduction="none", weight_norm="by_batch")
     z, y = _inputs(6, 20, device=device)
     aux = make_aux(z, y, loss_fn.config, loss_fn.spec, loss_fn.class_freq, loss_fn.stats.train_num)
-    params = loss_fn._params(torch.float32)
+    params = loss_fn._params(torch.float32, device)
     for weight in (None, torch.rand(20, device=device).expand(6, 20)):
         # Inference (no gradient buffer): every check, the AOT dispatch ones included.
         torch.library.opcheck(cpp_ops.fused, ops.op_args(z, y, weight, params, aux, loss_fn.spec, False))
