@@ -29,7 +29,8 @@ MAX_ROWS = 12
 def find_results(results_dir):
     """[(folder, records, meta)] of every results.json under results_dir, oldest first."""
     found = []
-    for path in sorted(Path(results_dir).glob("*/results.json")):
+    paths = sorted(Path(results_dir).glob("*/results.json")) + sorted(Path(results_dir).glob("*/*/results.json"))
+    for path in paths:
         try:
             records, meta = bench.load_results(path)
         except (OSError, ValueError) as exc:
@@ -37,7 +38,7 @@ def find_results(results_dir):
             continue
         if records:
             found.append((path.parent, records, meta))
-    found.sort(key=lambda item: (item[2].get("date") or "", item[0].name))
+    found.sort(key=lambda item: (item[2].get("date") or "", str(item[0])))
     return found
 
 
