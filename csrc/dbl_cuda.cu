@@ -396,23 +396,9 @@ Plan make_plan(const FusedLaunch& a) {
 
 template <class T>
 Spec<T> host_spec(const FusedLaunch& a) {
-  Spec<T> s{};
-  s.reweight = a.reweight;
-  s.weight_norm = a.weight_norm;
-  s.logit_reg = a.logit_reg ? T(1) : T(0);
-  s.focal = focal_kind<T>(a.focal, static_cast<T>(a.gamma));
-  s.map_alpha = static_cast<T>(a.map_alpha);
-  s.map_beta = static_cast<T>(a.map_beta);
-  s.map_gamma = static_cast<T>(a.map_gamma);
-  s.cb_beta = static_cast<T>(a.cb_beta);
-  s.lam = static_cast<T>(a.neg_scale);
-  s.inv_lam = static_cast<T>(1.0 / a.neg_scale);
-  s.gamma = static_cast<T>(a.gamma);
-  s.scale = static_cast<T>(a.scale);
-  s.w_max = static_cast<T>(a.w_max);
-  s.grad_scale = T(1);     // read from aux on the device
-  s.inv_batch_max = T(1);  // likewise
-  return s;
+  // grad scale and batch max are read from aux on the device
+  return make_spec<T>(a.reweight, a.weight_norm, a.logit_reg, a.focal, a.map_alpha, a.map_beta, a.map_gamma,
+                      a.cb_beta, a.neg_scale, a.gamma, a.scale, a.w_max, T(1), T(1));
 }
 
 template <class T>

@@ -190,6 +190,30 @@ DBL_HD int focal_kind(bool focal, T gamma) {
   return gamma == T(2) ? FOCAL_SQUARE : FOCAL_POW;
 }
 
+// The Spec of one launch from the op's scalar arguments (shared by the CPU and CUDA glue).
+template <class T>
+inline Spec<T> make_spec(int reweight, int weight_norm, bool logit_reg, bool focal, double map_alpha,
+                         double map_beta, double map_gamma, double cb_beta, double neg_scale, double gamma,
+                         double scale, double w_max, T grad_scale, T inv_batch_max) {
+  Spec<T> sp{};
+  sp.reweight = reweight;
+  sp.weight_norm = weight_norm;
+  sp.logit_reg = logit_reg ? T(1) : T(0);
+  sp.focal = focal_kind<T>(focal, static_cast<T>(gamma));
+  sp.map_alpha = static_cast<T>(map_alpha);
+  sp.map_beta = static_cast<T>(map_beta);
+  sp.map_gamma = static_cast<T>(map_gamma);
+  sp.cb_beta = static_cast<T>(cb_beta);
+  sp.lam = static_cast<T>(neg_scale);
+  sp.inv_lam = static_cast<T>(1.0 / neg_scale);
+  sp.gamma = static_cast<T>(gamma);
+  sp.scale = static_cast<T>(scale);
+  sp.w_max = static_cast<T>(w_max);
+  sp.grad_scale = grad_scale;
+  sp.inv_batch_max = inv_batch_max;
+  return sp;
+}
+
 // Which row statistic a reweight mode needs: none, sums (count and sum of y+ * table row), or
 // the minimum frequency over the row's positives.
 enum RowStatKind { STAT_NONE = 0, STAT_SUM = 1, STAT_MIN = 2 };

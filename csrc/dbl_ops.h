@@ -96,23 +96,9 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
 
 template <class T>
 Spec<T> make_spec(const OpScalars& s, T grad_scale, T inv_batch_max) {
-  Spec<T> sp;
-  sp.reweight = static_cast<int>(s.reweight_mode);
-  sp.weight_norm = static_cast<int>(s.weight_norm);
-  sp.logit_reg = s.logit_reg ? T(1) : T(0);
-  sp.focal = focal_kind<T>(s.focal, static_cast<T>(s.gamma));
-  sp.map_alpha = static_cast<T>(s.map_alpha);
-  sp.map_beta = static_cast<T>(s.map_beta);
-  sp.map_gamma = static_cast<T>(s.map_gamma);
-  sp.cb_beta = static_cast<T>(s.cb_beta);
-  sp.lam = static_cast<T>(s.neg_scale);
-  sp.inv_lam = static_cast<T>(1.0 / s.neg_scale);
-  sp.gamma = static_cast<T>(s.gamma);
-  sp.scale = static_cast<T>(s.scale);
-  sp.w_max = static_cast<T>(s.w_max);
-  sp.grad_scale = grad_scale;
-  sp.inv_batch_max = inv_batch_max;
-  return sp;
+  return make_spec<T>(static_cast<int>(s.reweight_mode), static_cast<int>(s.weight_norm), s.logit_reg, s.focal,
+                      s.map_alpha, s.map_beta, s.map_gamma, s.cb_beta, s.neg_scale, s.gamma, s.scale, s.w_max,
+                      grad_scale, inv_batch_max);
 }
 
 }  // namespace dbl
