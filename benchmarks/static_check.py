@@ -41,6 +41,7 @@ class Row:
     target: str
     ok: bool = False
     regs: int | None = None
+    stack: int | None = None
     spill: int | None = None
     local: int | None = None
     shared: int | None = None
@@ -95,14 +96,36 @@ def read_cubin(path, tool):
     return funcs
 
 
-def _fill(row, info):
+_SPILL = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores")
+
+
+def ptxas_spills(report):
+    """{function: (stack frame bytes, spill-store bytes)} from `ptxas -v` output."""
+    return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in _SPILL.finditer(report)}
+
+
+def _ptx_spill_bytes(ptx, arch, workdir):
+    """Spill stores of a Triton kernel, from the ptxas that ships with triton (-v)."""
+    tool = Path(cuobjdump()).with_name("ptxas")
+    src = Path(workdir) / f"k{os.getpid()}_{arch}.ptx"
+    src.write_text(ptx)
+    proc = subprocess.run([str(tool), f"-arch=sm_{arch}", "-v", str(src), "-o", os.devnull],
+                          capture_output=True, text=True)
+    found = ptxas_spills(proc.stderr)
+    return max((spill for _, spill in found.values()), default=None)
+
+
+def _fill(row, info, spill_bytes):
+    """spill_bytes: spill stores reported by ptxas (a stack frame alone is the call ABI of a
+    library function such as fp64 pow, not a register spill)."""
     row.ok = True
     row.regs, row.local, row.shared = info["regs"], info["local"], info["shared"]
-    row.spill = info["stack"]
+    row.stack = info["stack"]
+    row.spill = spill_bytes if spill_bytes is not None else info["stack"]
     row.widest_load = max(info["loads"], default=0)
     row.widest_store = max(info["stores"], default=0)
     if row.spill or row.local:
-        row.problems.append(f"spills: stack {row.spill} B, local {row.local} B")
+        row.problems.append(f"spills: {row.spill} B spill stores, local {row.local} B")
     if row.main_path and row.widest_load < 128:
         row.problems.append(f"main path reads logits {row.widest_load}-bit wide, not 128")
 
@@ -110,32 +133,56 @@ def _fill(row, info):
 # ----------------------------------------------------------------------------------------------
 # Triton
 # ----------------------------------------------------------------------------------------------
-def check_triton(archs, tool, quick, workdir):
-    try:
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
+_SPECS = None
 
+
+def _specs(quick):
+    global _SPECS
+    if _SPECS is None:
         from dbl_kernels import triton_kernel
+
+        _SPECS = list(triton_kernel.specialisations(quick=quick))
+    return _SPECS
+
+
+def _compile_one(job):
+    """One Triton specialisation for one arch (runs in a worker process)."""
+    index, arch, quick, tool, workdir = job
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    spec = _specs(quick)[index]
+    row = Row(spec["kernel"], spec["name"], f"sm_{arch}", main_path=spec.get("main_path", False))
+    try:
+        src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
+                        attrs=spec["attrs"])
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(spec.get("options", {})))
+        cubin = Path(workdir) / f"t{index}_{arch}.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        info = next(iter(read_cubin(cubin, tool).values()))
+        spill = _ptx_spill_bytes(compiled.asm["ptx"], arch, workdir) if info["stack"] else 0
+        _fill(row, info, spill)
+    except Exception as exc:  # a compile failure is a finding, not a crash of the check
+        row.problems.append(f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return row
+
+
+def check_triton(archs, tool, quick, workdir, jobs):
+    try:
+        import triton  # noqa: F401
+
+        count = len(_specs(quick))
     except ImportError as exc:
         return [Row("triton", f"import failed: {exc}", "-", problems=[f"cannot import: {exc}"])]
-    rows = []
-    for spec in triton_kernel.specialisations(quick=quick):
-        for arch in archs:
-            row = Row(spec["kernel"], spec["name"], f"sm_{arch}", main_path=spec.get("main_path", False))
-            try:
-                src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
-                                attrs=spec["attrs"])
-                options = {k: v for k, v in spec.get("options", {}).items()}
-                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-                cubin = Path(workdir) / f"t{len(rows)}_{arch}.cubin"
-                cubin.write_bytes(compiled.asm["cubin"])
-                info = next(iter(read_cubin(cubin, tool).values()))
-                _fill(row, info)
-            except Exception as exc:  # a compile failure is a finding, not a crash of the check
-                row.problems.append(f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-            rows.append(row)
-    return rows
+    work = [(i, arch, quick, tool, workdir) for i in range(count) for arch in archs]
+    if jobs <= 1:
+        return [_compile_one(job) for job in work]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_compile_one, work, chunksize=4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,23 +222,25 @@ def check_cuda(archs, tool, workdir):
                                 problems=[proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "nvcc failed"]))
                 continue
             funcs = read_cubin(cubin, tool)
+            spills = ptxas_spills(proc.stdout + proc.stderr)
             pretty = _demangle(list(funcs))
             for name, info in sorted(funcs.items()):
                 label = pretty[name]
                 main = "fused" in label and bool(MAIN_CUDA_PATTERN.search(label)) and "double" not in label \
                     and "__half" not in label and "Half" not in label
                 row = Row(source.name, label[:120], f"sm_{arch}", main_path=main)
-                _fill(row, info)
+                _fill(row, info, spills.get(name, (None, None))[1])
                 rows.append(row)
     return rows
 
 
 def render(rows):
-    head = "| kernel | specialisation | target | regs | spill B | local B | smem B | ld bits | st bits | status |"
-    lines = [head, "|" + " --- |" * 10]
+    head = ("| kernel | specialisation | target | regs | stack B | spill B | local B | smem B | ld bits | st bits "
+            "| status |")
+    lines = [head, "|" + " --- |" * 11]
     for r in rows:
         status = "ok" if r.ok and not r.problems else "; ".join(r.problems) or "failed"
-        lines.append(f"| {r.kernel} | {r.specialisation} | {r.target} | {r.regs} | {r.spill} | {r.local} | "
+        lines.append(f"| {r.kernel} | {r.specialisation} | {r.target} | {r.regs} | {r.stack} | {r.spill} | {r.local} | "
                      f"{r.shared} | {r.widest_load} | {r.widest_store} | {status} |")
     return "\n".join(lines)
 
@@ -201,6 +250,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="folder for static_check.md/.json")
     parser.add_argument("--arch", nargs="+", type=int, default=[80, 90])
     parser.add_argument("--quick", action="store_true", help="only the main specialisations")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel Triton compiles")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     tool = cuobjdump()
@@ -209,7 +259,7 @@ def main(argv=None):
         return 1
     start = time.time()
     with tempfile.TemporaryDirectory() as work:
-        rows = check_triton(args.arch, tool, args.quick, work) + check_cuda(args.arch, tool, work)
+        rows = check_triton(args.arch, tool, args.quick, work, args.jobs) + check_cuda(args.arch, tool, work)
     table = render(rows)
     print(table)
     bad = [r for r in rows if r.problems or not r.ok]

@@ -163,7 +163,9 @@ __device__ __forceinline__ double block_min(double v) {
 // The main kernel.
 // ---------------------------------------------------------------------------------------------
 template <class Z, class T>
-__global__ void __launch_bounds__(kThreads, 3) fused_kernel(Args<T> a) {
+// 3 blocks of 256 per SM cap registers at 85 per thread: enough for fp32 math, not for fp64 (whose
+// pow spilled 24 bytes at that cap), which gets 2 blocks and up to 128 registers instead.
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 3) fused_kernel(Args<T> a) {
   constexpr int V = 16 / sizeof(Z);  // elements per 16-byte logits load
   Spec<T> sp = a.spec;
   sp.grad_scale = a.aux[0];
