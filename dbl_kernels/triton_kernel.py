@@ -626,8 +626,8 @@ def _one_tile_max_c(dtype):
 
 def _row_configs(block_c, narrow, per_thread=16):
     """[(constexprs, num_warps)] of the rows regime for next_pow2(C) == block_c."""
-    if block_c < 16:  # rows of one element: a pointer per element, and ptxas spills at 8 per thread
-        per_thread = min(per_thread, 4)
+    if block_c < 16:  # rows of one element: a pointer per element, and ptxas spilled at 4 per thread (sm_80, by_instance)
+        per_thread = min(per_thread, 2)
     configs = {}
     for t, w in _ROW_CONFIGS:
         t = max(t, block_c)
