@@ -253,6 +253,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel Triton compiles")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9's default, stated to silence its warning
     tool = cuobjdump()
     if tool is None:
         print("static_check: no cuobjdump (install triton); nothing checked", file=sys.stderr)

@@ -7,4 +7,5 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
 else
   export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
 fi
+export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-1}"  # triton 3.9's default (fused multiply-add), stated
 python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable "$@"
