@@ -123,6 +123,15 @@ class DistributionBalancedLoss(nn.Module):
         self.register_buffer("class_params", torch.from_numpy(self._table.copy()), persistent=False)
         self._cast_cache = {}
 
+    def _apply(self, fn, *args, **kwargs):
+        """Buffers follow the device of ``.to()`` / ``.cuda()``, but the class statistics stay
+        float64 when a model is cast to half precision (fp16 would round or overflow the counts)."""
+        super()._apply(fn, *args, **kwargs)
+        device = self.class_params.device
+        self.class_freq = torch.from_numpy(self.stats.class_freq.copy()).to(device)
+        self.class_params = torch.from_numpy(self._table.copy()).to(device)
+        return self
+
     @classmethod
     def from_preset(cls, name, **overrides):
         """The statistics and the authors' loss config of ``"coco-mlt"`` or ``"voc-mlt"``."""
@@ -182,22 +191,26 @@ class DistributionBalancedLoss(nn.Module):
         return loss
 
 
-def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", **options):
-    """Functional form of :class:`DistributionBalancedLoss` (same keywords)."""
-    module = _functional_cache(stats, backend, **options)
-    return module(logits, labels, weight)
+def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,
+                               avg_factor=None, **options):
+    """Functional form of :class:`DistributionBalancedLoss` (same keywords; ``stats`` a
+    :class:`ClassStats`, a preset name or a statistics file)."""
+    module = _functional_cache(stats, backend, validate_labels, **options)
+    return module(logits, labels, weight, avg_factor=avg_factor)
 
 
 _FUNCTIONAL = {}
 
 
-def _functional_cache(stats, backend, **options):
+def _functional_cache(stats, backend, validate_labels, **options):
+    """One module per (statistics, options): preset names and file paths key by name, so repeated
+    calls neither reload the file nor copy the class table to the device again."""
     config = _as_config(options)
-    stats = _as_stats(stats)
-    key = (id(stats), backend, config)
+    key = (stats if isinstance(stats, str) else id(stats), backend, validate_labels, config)
     entry = _FUNCTIONAL.get(key)
-    if entry is None or entry[0] is not stats:
-        module = DistributionBalancedLoss(stats, backend=backend, **dataclasses.asdict(config))
+    if entry is None or not isinstance(stats, str) and entry[0] is not stats:
+        module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels,
+                                          **dataclasses.asdict(config))
         if len(_FUNCTIONAL) > 32:
             _FUNCTIONAL.clear()
         entry = _FUNCTIONAL[key] = (stats, module)

@@ -96,6 +96,10 @@ def _backward(ctx, grad_loss, _grad_of_grad):
             "dbl_kernels: this loss was already back-propagated. The fused backends keep one "
             "gradient buffer and scale it in place, so backward through the same loss twice "
             "(retain_graph=True) is not supported; recompute the loss, or use backend='reference'.")
+    if torch.is_grad_enabled() and is_eager(grad_loss):
+        raise RuntimeError(
+            "dbl_kernels: the fused backends give first derivatives only (backward with "
+            "create_graph=True asks for second ones); use backend='reference' for double backward.")
     ctx.used = True
     (grad,) = ctx.saved_tensors
     if grad_loss is None:

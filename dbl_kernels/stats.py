@@ -41,7 +41,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _as_counts(name, value):
-    arr = np.asarray(value, dtype=np.float64)
+    arr = np.array(value, dtype=np.float64)  # a copy: the caller's array stays writable
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of per-class counts, got shape {arr.shape}")
     return arr

@@ -1,4 +1,5 @@
 """Public API: module, functional form, presets, ResampleLoss compatibility, dispatch, bad input."""
+import numpy as np
 import pytest
 import torch
 
@@ -34,8 +35,9 @@ def test_functional_equals_module():
 
 
 def test_buffers_follow_to():
-    module = dk.DistributionBalancedLoss("voc-mlt").to(torch.float64)
-    assert module.class_freq.dtype == torch.float64
+    module = dk.DistributionBalancedLoss("voc-mlt").half()  # e.g. a model cast to half precision
+    assert module.class_freq.dtype == module.class_params.dtype == torch.float64
+    torch.testing.assert_close(module.class_freq, torch.tensor(dk.ClassStats.preset("voc-mlt").class_freq))
     z, y = _inputs()
     meta = dk.DistributionBalancedLoss("voc-mlt").to("meta")
     assert meta.class_freq.device.type == "meta" and meta.class_params.device.type == "meta"
@@ -175,3 +177,52 @@ def test_mean_count_with_and_without_label_check(validate, with_unknown):
     for backend in fused:
         ours = dk.DistributionBalancedLoss("voc-mlt", backend=backend, validate_labels=validate)(z, y)
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_half_cast_keeps_large_counts_exact():
+    stats = dk.ClassStats([3.0, 70000.0, 2049.0], train_num=200000)
+    z, y = _inputs(c=3)
+    full = dk.DistributionBalancedLoss(stats, backend="reference")(z, y)
+    halved = dk.DistributionBalancedLoss(stats, backend="reference").half()(z, y)
+    assert torch.isfinite(halved)
+    torch.testing.assert_close(halved, full)
+
+
+def test_stats_do_not_touch_the_callers_array():
+    counts = np.array([3.0, 50.0, 2049.0])
+    dk.ClassStats(counts, train_num=1e5)
+    counts[0] = 4.0  # still writable
+    assert counts.flags.writeable
+
+
+def test_functional_accepts_validate_labels_and_avg_factor():
+    z, y = _inputs()
+    total = dk.distribution_balanced_loss(z, y, "voc-mlt", reduction="sum")
+    torch.testing.assert_close(dk.distribution_balanced_loss(z, y, "voc-mlt", avg_factor=4.0), total / 4.0)
+    with pytest.raises(ValueError, match="integer labels"):
+        dk.distribution_balanced_loss(z, y * 3, "voc-mlt", validate_labels=True)
+    # unchecked, invalid labels are the caller's responsibility: no error, some number
+    assert torch.isfinite(dk.distribution_balanced_loss(z, y * 3, "voc-mlt", validate_labels=False,
+                                                        backend="reference"))
+
+
+def test_functional_reuses_one_module_per_preset():
+    from dbl_kernels import loss as loss_module
+
+    z, y = _inputs()
+    dk.distribution_balanced_loss(z, y, "voc-mlt", gamma=1.25)
+    before = len(loss_module._FUNCTIONAL)
+    for _ in range(5):
+        dk.distribution_balanced_loss(z, y, "voc-mlt", gamma=1.25)
+    assert len(loss_module._FUNCTIONAL) == before
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in dk.available_backends()] or ["none"])
+def test_fused_double_backward_is_a_clear_error(backend):
+    if backend == "none":
+        pytest.skip("no fused CPU backend here")
+    z, y = _inputs()
+    z.requires_grad_()
+    loss = dk.DistributionBalancedLoss("voc-mlt", backend=backend)(z, y)
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(loss, z, create_graph=True)
