@@ -111,6 +111,16 @@ def may_hold_unknown(labels: torch.Tensor) -> bool:
     return labels.dtype.is_floating_point or labels.dtype.is_signed and labels.dtype != torch.bool
 
 
+def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
+    """The reduction scale when the host knows it (sum/none, or a mean over all N*C entries), else
+    None: the mean then divides by avg_factor or by a count of known labels made on the device."""
+    if cfg.reduction != "mean":
+        return 1.0
+    if avg_factor is not None or (may_hold_unknown(labels) and has_unknown is not False):
+        return None
+    return 1.0 / labels.numel() if labels.numel() else math.nan
+
+
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
              has_unknown=None):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
@@ -118,28 +128,24 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
     labels known to hold no -1 skip the counting pass of the mean.
     """
-    dtype = compute_dtype(logits)
-    n_elem = labels.numel()
-    host_known = (cfg.reduction != "mean" or avg_factor is None and not (may_hold_unknown(labels) and has_unknown is not False))
-    if host_known and spec.weight_norm != NORM_BATCH and ops.is_eager(logits):
-        scale = 1.0 if cfg.reduction != "mean" else (1.0 / n_elem if n_elem else math.nan)
-        return _constant_aux(scale, dtype, logits.device)
-    if cfg.reduction != "mean":
-        scale = torch.ones((), dtype=dtype, device=logits.device)
+    dtype, device = compute_dtype(logits), logits.device
+    host_scale = _host_scale(labels, cfg, avg_factor, has_unknown)
+    by_batch = spec.weight_norm == NORM_BATCH
+    if host_scale is not None and not by_batch and ops.is_eager(logits):
+        return _constant_aux(host_scale, dtype, device)
+    if host_scale is not None:
+        scale = torch.full((), host_scale, dtype=dtype, device=device)
     elif avg_factor is not None:
-        scale = 1.0 / torch.as_tensor(avg_factor, dtype=dtype, device=logits.device)
-    elif may_hold_unknown(labels) and has_unknown is not False:
-        scale = 1.0 / (labels != -1).sum().to(dtype)
+        scale = 1.0 / torch.as_tensor(avg_factor, dtype=dtype, device=device)
     else:
-        scale = torch.full((), 1.0 / n_elem if n_elem else math.nan, dtype=dtype, device=logits.device)
-    if spec.weight_norm == NORM_BATCH and n_elem:
+        scale = 1.0 / (labels != -1).sum().to(dtype)
+    if by_batch and labels.numel():
         from . import reference
 
-        y = labels.to(dtype)
-        w = reference.reweight(y, class_freq.to(device=logits.device, dtype=dtype), train_num, cfg)
+        w = reference.reweight(labels.to(dtype), class_freq.to(device=device, dtype=dtype), train_num, cfg)
         inv_norm = 1.0 / w.amax()
     else:
-        inv_norm = torch.ones((), dtype=dtype, device=logits.device)
+        inv_norm = torch.ones((), dtype=dtype, device=device)
     return torch.stack([scale.reshape(()), inv_norm.reshape(())])
 
 

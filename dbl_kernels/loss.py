@@ -177,11 +177,7 @@ class DistributionBalancedLoss(nn.Module):
     def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
         spec = self.spec if cfg is self.config else kernel_spec(self._table, cfg)
         dtype = reference.compute_dtype(logits)
-        if logits.stride(-1) != 1:
-            logits = logits.contiguous()
-        if labels.stride(-1) != 1:
-            labels = labels.contiguous()
-        if weight is not None:
+        if weight is not None:  # strided inputs are the ops' business: they copy only what needs it
             weight = weight.detach().expand(logits.shape)
         aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
                        has_unknown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._spec import REDUCTION_NONE
+from .reference import compute_dtype
 
 # Argument positions shared by every fused op's schema (see _spec.py):
 # (logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal, reduction,
@@ -17,7 +18,6 @@ from ._spec import REDUCTION_NONE
 OP_ARG_NAMES = ("logits", "labels", "weight", "class_params", "aux", "reweight_mode", "weight_norm",
                 "logit_reg", "focal", "reduction", "map_alpha", "map_beta", "map_gamma", "cb_beta",
                 "neg_scale", "gamma", "scale", "w_max", "need_grad")
-_REDUCTION = OP_ARG_NAMES.index("reduction")
 _NEED_GRAD = OP_ARG_NAMES.index("need_grad")
 
 
@@ -27,15 +27,11 @@ def op_args(logits, labels, weight, class_params, aux, spec, need_grad):
             spec.cb_beta, spec.neg_scale, spec.gamma, spec.scale, spec.w_max, need_grad)
 
 
-def loss_dtype(logits):
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
 def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal,
                reduction, map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max,
                need_grad):
     """Shapes and dtypes only: what torch.compile traces."""
-    dtype = loss_dtype(logits)
+    dtype = compute_dtype(logits)
     loss = (logits.new_empty(logits.shape, dtype=dtype) if reduction == REDUCTION_NONE
             else logits.new_empty((), dtype=dtype))
     grad = (torch.empty(logits.shape, dtype=logits.dtype, device=logits.device) if need_grad
@@ -81,7 +77,6 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad)
     ctx.mark_non_differentiable(grad)  # the buffer is an implementation detail, not a differentiable output
     ctx.set_materialize_grads(False)  # the unused grad output would otherwise get an N x C zeros buffer
-    ctx.reduction = inputs[_REDUCTION]
     ctx.has_grad = inputs[_NEED_GRAD]
     ctx.n_inputs = len(inputs)
     ctx.used = False

@@ -37,6 +37,7 @@ except Exception as exc:  # a broken install is as unusable as a missing one, an
     raise ImportError(f"triton is not importable: {exc!r}") from exc
 
 from . import ops
+from .reference import compute_dtype
 from ._spec import (BIAS, CLASS_W, FREQ, INV_FREQ, NORM_BATCH, NORM_INSTANCE, REDUCTION_NONE,
                     REWEIGHT_CB_AVG_N, REWEIGHT_CB_AVG_W, REWEIGHT_CB_MIN_N, REWEIGHT_CLASS, REWEIGHT_REBALANCE)
 
@@ -741,7 +742,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
            map_alpha: float, map_beta: float, map_gamma: float, cb_beta: float, neg_scale: float, gamma: float,
            scale: float, w_max: float, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n_rows, n_cols = logits.shape
-    dtype = ops.loss_dtype(logits)
+    dtype = compute_dtype(logits)
     device = logits.device
     reduce_none = reduction == REDUCTION_NONE
     grad = (torch.empty((n_rows, n_cols), dtype=logits.dtype, device=device) if need_grad
