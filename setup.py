@@ -6,6 +6,7 @@ Without torch at build time the package installs pure-Python (reference + Triton
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -19,27 +20,34 @@ except ImportError:  # pure-Python install; backend "auto" falls back to the ref
 if torch is not None and os.environ.get("DBL_NO_EXTENSION", "0") != "1":
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    headers = sorted(glob.glob(os.path.join("csrc", "*.h")))  # rebuild when the shared math changes
     use_cuda = (os.environ.get("USE_CUDA", "1") != "0" and torch.version.cuda is not None
                 and cpp_extension.CUDA_HOME is not None)
     # No -ffast-math and no -march: the vector ISA is chosen at run time (csrc/dbl_cpu.cpp).
     # -fno-trapping-math lets g++ if-convert (hence vectorise) the element loop; results are unchanged.
     cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math"]
+    link = []
+    # at::parallel_for is header code: without the compiler's OpenMP flag it silently runs on one
+    # thread. torch's Linux wheels use OpenMP (their bundled libgomp.so.1 is the one loaded).
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     define_macros = [("Py_LIMITED_API", "0x030A0000")]  # = torch's own define (python_requires >= 3.10)
     if sources:
         if use_cuda:
             sources += sorted(glob.glob(os.path.join("csrc", "*.cu")))
             ext = cpp_extension.CUDAExtension(
-                "dbl_kernels._C", sources, include_dirs=[os.path.join(here, "csrc")],
+                "dbl_kernels._C", sources, depends=headers, include_dirs=[os.path.join(here, "csrc")],
                 define_macros=define_macros + [("DBL_WITH_CUDA", "1")],
-                extra_compile_args={"cxx": cxx, "nvcc": [
+                extra_link_args=link, extra_compile_args={"cxx": cxx, "nvcc": [
                     "-O3", "-std=c++17",  # no --use_fast_math: the GPU runs the CPU's exact math
                     "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
                     "-gencode=arch=compute_90,code=compute_90"]},  # PTX for newer GPUs
                 py_limited_api=True)
         else:
             ext = cpp_extension.CppExtension(
-                "dbl_kernels._C", sources, include_dirs=[os.path.join(here, "csrc")],
-                define_macros=define_macros, extra_compile_args={"cxx": cxx}, py_limited_api=True)
+                "dbl_kernels._C", sources, depends=headers, include_dirs=[os.path.join(here, "csrc")],
+                define_macros=define_macros, extra_compile_args={"cxx": cxx}, extra_link_args=link, py_limited_api=True)
         ext_modules = [ext]
         cmdclass = {"build_ext": cpp_extension.BuildExtension}
 

@@ -475,6 +475,16 @@ int64_t cpu_isa(int64_t isa) {
   return g_isa.load();
 }
 
+// How many threads one parallel region of this extension really runs on (1 when it was built
+// without OpenMP: at::parallel_for is header code and then runs serially).
+int64_t cpu_parallel_threads() {
+  std::vector<char> seen(static_cast<size_t>(at::get_num_threads()), 0);  // a slot per thread id
+  at::parallel_for(0, static_cast<int64_t>(seen.size()), 1, [&](int64_t, int64_t) {
+    seen[static_cast<size_t>(at::get_thread_num()) % seen.size()] = 1;
+  });
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
 at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "dbl::_cpu_math takes a CPU float32 tensor");
   at::Tensor in = x.contiguous();
@@ -497,6 +507,7 @@ at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
 TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def("_cpu_isa(int isa) -> int", &cpu_isa);
   m.def("_cpu_math(Tensor x, int fn) -> Tensor");
+  m.def("_cpu_parallel_threads() -> int", &cpu_parallel_threads);
 }
 
 TORCH_LIBRARY_IMPL(dbl, CPU, m) {

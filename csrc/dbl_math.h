@@ -66,26 +66,23 @@ constexpr float kLn2Lo = 3.19461833e-05f;
 constexpr float kSqrt2m1 = 0.41421356f;
 
 // (e^r - 1 - r) / r^2 on |r| <= ln2 / 2 (relative-error fit; our own coefficients).
+// Estrin's scheme: a shorter dependency chain than Horner's, which the CPU loop is bound by.
 DBL_HD float expm1_tail(float r) {
-  float p = 0.0013941098f;
-  p = p * r + 0.0083631752f;
-  p = p * r + 0.041666374f;
-  p = p * r + 0.16666576f;
-  p = p * r + 0.5f;
-  return p;
+  const float r2 = r * r;
+  const float p01 = 0.16666576f * r + 0.5f;
+  const float p23 = 0.0083631752f * r + 0.041666374f;
+  return (0.0013941098f * r2 + p23) * r2 + p01;
 }
 
 // log1p(x) on sqrt(1/2) - 1 <= x <= sqrt(2) - 1: x - x^2/2 + x^3 Q(x).
 DBL_HD float log1p_core(float x) {
-  float q = -0.083050467f;
-  q = q * x + 0.12798765f;
-  q = q * x - 0.12943470f;
-  q = q * x + 0.14190257f;
-  q = q * x - 0.16643485f;
-  q = q * x + 0.20001879f;
-  q = q * x - 0.25000280f;
-  q = q * x + 0.33333325f;
   const float x2 = x * x;
+  const float x4 = x2 * x2;
+  const float q01 = -0.25000280f * x + 0.33333325f;
+  const float q23 = -0.16643485f * x + 0.20001879f;
+  const float q45 = -0.12943470f * x + 0.14190257f;
+  const float q67 = -0.083050467f * x + 0.12798765f;
+  const float q = (q67 * x2 + q45) * x4 + (q23 * x2 + q01);
   return x + (x2 * (x * q) - 0.5f * x2);
 }
 
@@ -101,17 +98,33 @@ DBL_HD float reduce_ln2(float x, float& n, int32_t& ni) {
 // ---------------------------------------------------------------------------------------------
 // Elementary functions. fp32: polynomials above; fp64: libm.
 // ---------------------------------------------------------------------------------------------
-DBL_HD float fexp(float x) {
-  // Clamped (min/max, no branches) so that 2^(n-1) is a normal float; outside, results below
-  // 2^-125 flush to 0 (as under FTZ), large x overflows to inf, NaN passes through.
-  float xc = x > -86.6433f ? x : -86.6433f;
-  xc = xc < 88.7228394f ? xc : 88.7228394f;
+namespace detail {
+// 2^(n-1) * 2 (1 + expm1(r)) for the reduced argument of exp; shifting the exponent as unsigned
+// keeps garbage in, garbage out defined for NaN input (whose NaN then propagates through p).
+DBL_HD float exp_scale(float xc) {
   float n;
   int32_t ni;
-  const float r = detail::reduce_ln2(xc, n, ni);
-  const float p = 1.0f + (r + r * r * detail::expm1_tail(r));
-  const float y = (p + p) * bits_float((ni + 126) << 23);
-  return x < -86.6433f ? 0.0f : (x == x ? y : x);
+  const float r = reduce_ln2(xc, n, ni);
+  const float p = 1.0f + (r + r * r * expm1_tail(r));
+  return (p + p) * bits_float(static_cast<int32_t>(static_cast<uint32_t>(ni + 126) << 23));
+}
+constexpr float kExpUnder = -86.6433f;  // below: 2^(n-1) would be subnormal; results flush to 0
+}  // namespace detail
+
+DBL_HD float fexp(float x) {
+  // Clamps written so a NaN compares false and stays NaN (one max/min instruction each): large x
+  // overflows to inf, results below 2^-125 flush to 0 (as under FTZ).
+  float xc = x < detail::kExpUnder ? detail::kExpUnder : x;
+  xc = xc > 88.7228394f ? 88.7228394f : xc;
+  const float y = detail::exp_scale(xc);
+  return x < detail::kExpUnder ? 0.0f : y;
+}
+
+// exp(x) for x <= 0 (or NaN): the case of exp(-|x|) and of the focal power u^gamma, without the
+// overflow clamp.
+DBL_HD float fexp_nonpos(float x) {
+  const float y = detail::exp_scale(x < detail::kExpUnder ? detail::kExpUnder : x);
+  return x < detail::kExpUnder ? 0.0f : y;
 }
 
 // e^x - 1, accurate near 0 (needed for 1 - p_t = -expm1(-l) with soft labels).
@@ -150,6 +163,7 @@ DBL_HD float flog(float v) {
 
 #if defined(__CUDA_ARCH__)
 DBL_HD double fexp(double x) { return ::exp(x); }
+DBL_HD double fexp_nonpos(double x) { return ::exp(x); }
 DBL_HD double fexpm1(double x) { return ::expm1(x); }
 DBL_HD double flog1p01(double e) { return ::log1p(e); }
 DBL_HD double flog(double v) { return ::log(v); }
@@ -157,6 +171,7 @@ DBL_HD float fpow(float b, float e) { return ::powf(b, e); }
 DBL_HD double fpow(double b, double e) { return ::pow(b, e); }
 #else
 DBL_HD double fexp(double x) { return std::exp(x); }
+DBL_HD double fexp_nonpos(double x) { return std::exp(x); }
 DBL_HD double fexpm1(double x) { return std::expm1(x); }
 DBL_HD double flog1p01(double e) { return std::log1p(e); }
 DBL_HD double flog(double v) { return std::log(v); }
@@ -304,7 +319,7 @@ DBL_HD T element(T z, T y, T bias, T w, T f, const Spec<T>& s, T& grad, bool wan
   const T sc = ntr ? sc_ntr : T(1);
   const T wq = ntr ? w * (yp + yn * s.inv_lam) : w;
   const T ax = x < T(0) ? -x : x;
-  const T e = fexp(-ax);                                     // exp(-|x|) in (0, 1]
+  const T e = fexp_nonpos(-ax);                                    // exp(-|x|) in (0, 1]
   const T l = (x > T(0) ? x : T(0)) - x * yp + flog1p01(e);  // stable BCE-with-logits
   const T coef = s.scale * wq * f;
   const T inv = T(1) / (T(1) + e);
@@ -324,7 +339,7 @@ DBL_HD T element(T z, T y, T bias, T w, T f, const Spec<T>& s, T& grad, bool wan
     u = -fexpm1(-l);
     pt = T(1) - u;
   }
-  const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? fexp(s.gamma * flog(u > T(0) ? u : T(1))) : T(0));
+  const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? fexp_nonpos(s.gamma * flog(u > T(0) ? u : T(1))) : T(0));
   if (want_grad) {
     // d/dx [u^g l] = (sigmoid(x) - y+) u^g (1 + g p_t l / u). For y+ in {0, 1}, sigmoid(x) - y+ = -/+ u,
     // so it is +/- u^g (u + g p_t l): no division, finite as u -> 0. Soft labels: l / u -> 1 at u = 0.

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -492,3 +493,18 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         out, _ = job.communicate(timeout=600)
         assert job.returncode == 0, out
         assert "warning" not in out.lower(), out
+
+
+@needs_ext
+def test_cpu_kernel_runs_on_torch_threads():
+    # at::parallel_for is header code: an extension built without OpenMP runs it on one thread,
+    # silently ignoring torch.set_num_threads.
+    if not torch.backends.openmp.is_available() or not sys.platform.startswith("linux"):
+        pytest.skip("torch without OpenMP, or a platform where the extension builds without it")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert torch.ops.dbl._cpu_parallel_threads() == n
+    finally:
+        torch.set_num_threads(threads)
