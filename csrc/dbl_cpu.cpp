@@ -7,11 +7,13 @@
 // vectorises; that loop is compiled for baseline x86-64, AVX2+FMA and AVX-512 and picked at run
 // time, so no instruction the CPU lacks is ever executed.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -426,9 +428,35 @@ class Runner {
   alignas(64) T ones_[kChunk];
 };
 
+// Number of labels != -1: the mean's denominator when aux[0] is negative (_spec.COUNT_IN_KERNEL).
+// Integer partial counts, so the sum is exact whatever the split over threads.
+int64_t count_known(const Prepared& pr) {
+  const at::Tensor& y = pr.labels;  // unit column stride
+  const int64_t N = pr.N, C = pr.C, ld = y.stride(0);
+  int64_t unknown = 0;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, y.scalar_type(), "dbl_count_known", [&] {
+    const scalar_t* base = y.data_ptr<scalar_t>();
+    const scalar_t minus_one = static_cast<scalar_t>(-1);
+    unknown = at::parallel_reduce(
+        0, N, std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)), int64_t(0),
+        [&](int64_t i0, int64_t i1, int64_t acc) {
+          for (int64_t i = i0; i < i1; ++i) {
+            const scalar_t* row = base + i * ld;
+            int64_t c = 0;
+            for (int64_t j = 0; j < C; ++j) c += row[j] == minus_one;
+            acc += c;
+          }
+          return acc;
+        },
+        std::plus<int64_t>());
+  });
+  return N * C - unknown;
+}
+
 template <class T>
 void run_cpu(Prepared& pr, const OpScalars& s) {
-  const T* aux = pr.aux.data_ptr<T>();
+  T aux[2] = {pr.aux.data_ptr<T>()[0], pr.aux.data_ptr<T>()[1]};
+  if (aux[0] < T(0)) aux[0] = T(1) / static_cast<T>(count_known(pr));  // 1/0 = inf: NaN loss, as 0/0
   Problem<T> p;
   p.z = static_cast<const char*>(pr.logits.data_ptr());
   p.zt = pr.logits.scalar_type();

@@ -6,7 +6,9 @@ A kernel gets
   * ``class_params`` (4 x C, contiguous, compute dtype): rows ``INV_FREQ`` 1/n_j, ``CLASS_W`` the
     per-class weight (T/n_j, sqrt(T/n_j), cb_j or 1), ``FREQ`` n_j, ``BIAS`` the NTR bias b_j,
   * ``aux`` (2, compute dtype, on the device): ``[0]`` the reduction scale (1/count for mean, else 1),
-    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1,
+    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1. The CPU op also takes
+    ``[0] = COUNT_IN_KERNEL`` (negative): a mean over the known labels that it counts itself, in a
+    pass over the labels far cheaper than torch's ``(labels != -1).sum()``,
   * the ``KernelSpec`` fields as scalars/flags,
 and returns ``(loss, grad)``: loss is N x C (reduction "none") or a 0-d tensor (sum of the scaled
 element losses, summed in a fixed order), in the compute dtype; grad is d loss / d logits in the
@@ -40,6 +42,7 @@ REWEIGHT_NONE, REWEIGHT_REBALANCE, REWEIGHT_CLASS, REWEIGHT_CB_AVG_W, REWEIGHT_C
 NORM_NONE, NORM_INSTANCE, NORM_BATCH = range(3)
 REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
 _REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
+COUNT_IN_KERNEL = -1.0  # aux[0] for the CPU op: a mean over the labels != -1, counted by the op
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,17 @@ def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
 
 
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None):
+             has_unknown=None, kernel_counts=False):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
-    labels known to hold no -1 skip the counting pass of the mean.
+    labels known to hold no -1 skip the counting pass of the mean. ``kernel_counts``: the op counts
+    the known labels itself (the CPU op), so the mean's count costs no torch pass here.
     """
     dtype, device = compute_dtype(logits), logits.device
     host_scale = _host_scale(labels, cfg, avg_factor, has_unknown)
+    if host_scale is None and avg_factor is None and kernel_counts:
+        host_scale = COUNT_IN_KERNEL
     by_batch = spec.weight_norm == NORM_BATCH
     if host_scale is not None and not by_batch and ops.is_eager(logits):
         return _constant_aux(host_scale, dtype, device)

@@ -180,7 +180,7 @@ class DistributionBalancedLoss(nn.Module):
         if weight is not None:  # strided inputs are the ops' business: they copy only what needs it
             weight = weight.detach().expand(logits.shape)
         aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown)
+                       has_unknown, kernel_counts=backend == "cpu")
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         params = self._params(dtype, logits.device)
         loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, params, aux, spec, need_grad))

@@ -508,3 +508,33 @@ def test_cpu_kernel_runs_on_torch_threads():
             assert torch.ops.dbl._cpu_parallel_threads() == n
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64,
+                                   torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("validate", [False, None])
+def test_cpu_op_counts_known_labels_itself(dtype, validate):
+    # A mean over partial labels: the CPU op counts the labels != -1 in its own pass; no torch
+    # counting pass (ne + sum over N x C) runs before it.
+    z, y = _inputs(64, 80, partial=True)
+    y = y.to(dtype)
+    assert bool((y == -1).any())
+    stats = _stats(80)
+    loss_fn = dk.DistributionBalancedLoss(stats, backend="cpu", validate_labels=validate)
+    ref_fn = dk.DistributionBalancedLoss(stats, backend="reference", validate_labels=validate)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss, grad = _run(loss_fn, z, y)
+    if validate is False:  # (the label check itself compares values)
+        names = {e.key for e in prof.key_averages()}
+        assert not names & {"aten::ne", "aten::eq", "aten::sum", "aten::count_nonzero"}, names
+    _assert_close((loss, grad), _run(ref_fn, z, y))
+
+
+@needs_ext
+def test_cpu_op_mean_over_no_known_label_is_nan_like_reference():
+    z, y = _inputs(7, 80)
+    y = torch.full_like(y, -1.0)
+    for backend in ("cpu", "reference"):
+        loss, _ = _run(dk.DistributionBalancedLoss(_stats(80), backend=backend), z, y)
+        assert torch.isnan(loss)
