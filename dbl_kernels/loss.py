@@ -183,8 +183,7 @@ class DistributionBalancedLoss(nn.Module):
                        has_unknown, kernel_counts=backend == "cpu")
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         params = self._params(dtype, logits.device)
-        loss, _ = backends.fused_op(backend)(*ops.op_args(logits, labels, weight, params, aux, spec, need_grad))
-        return loss
+        return ops.call(backends.fused_op(backend), ops.op_args(logits, labels, weight, params, aux, spec, need_grad))
 
 
 def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,

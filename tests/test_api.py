@@ -226,3 +226,41 @@ def test_fused_double_backward_is_a_clear_error(backend):
     loss = dk.DistributionBalancedLoss("voc-mlt", backend=backend)(z, y)
     with pytest.raises(RuntimeError, match="create_graph"):
         torch.autograd.grad(loss, z, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in dk.available_backends()] or ["none"])
+def test_fused_backward_twice_is_a_clear_error(backend):
+    if backend == "none":
+        pytest.skip("no fused CPU backend here")
+    z, y = _inputs()
+    z.requires_grad_()
+    loss = dk.DistributionBalancedLoss("voc-mlt", backend=backend)(z, y)
+    torch.autograd.grad(loss, z, retain_graph=True)
+    with pytest.raises(RuntimeError, match="already back-propagated"):
+        torch.autograd.grad(loss, z)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in dk.available_backends()] or ["none"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_eager_fast_path_equals_the_registered_autograd(backend, reduction):
+    # Eager calls go through a plain autograd.Function (ops.call); traced ones through the custom
+    # op's registered autograd. Same kernel, same formula: bit-identical loss and gradient.
+    if backend == "none":
+        pytest.skip("no fused CPU backend here")
+    from dbl_kernels import backends, ops
+    from dbl_kernels._spec import make_aux
+
+    z, y = _inputs()
+    module = dk.DistributionBalancedLoss("voc-mlt", backend=backend, reduction=reduction)
+    go = torch.rand(z.shape) if reduction == "none" else torch.tensor(3.7)
+    z1 = z.clone().requires_grad_()
+    loss1 = module(z1, y)
+    loss1.backward(go)
+    z2 = z.clone().requires_grad_()
+    aux = make_aux(z2, y, module.config, module.spec, module.class_freq, module.stats.train_num,
+                   kernel_counts=backend == "cpu")
+    args = ops.op_args(z2, y, None, module._params(torch.float32), aux, module.spec, True)
+    loss2, _ = backends.fused_op(backend)(*args)  # the op itself: its registered autograd
+    assert loss2.grad_fn is not None and type(loss2.grad_fn).__name__ != type(loss1.grad_fn).__name__
+    loss2.backward(go)
+    assert torch.equal(loss1, loss2) and torch.equal(z1.grad, z2.grad)
