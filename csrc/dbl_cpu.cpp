@@ -27,7 +27,7 @@ constexpr int64_t kChunk = 256;         // columns converted and processed at a 
 constexpr int kLanes = 16;              // a chunk sum ends as 16 partial sums, added in double
 constexpr int64_t kTileCols = 32768;    // rows wider than this are split into column tiles
 constexpr int64_t kUnitElems = 16384;   // target elements per work unit
-constexpr int64_t kSerialElems = 65536; // below this, one thread (a parallel region costs more)
+constexpr int64_t kSerialElems = 8192;  // below this, one thread (a parallel region costs more)
 
 enum Isa { ISA_BASELINE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
@@ -87,7 +87,10 @@ DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restric
 }
 
 // Row statistics of k labels: count += sum y+, stat += sum y+ tbl (STAT_SUM) or
-// stat = min(stat, min over y+ > 0 of tbl) (STAT_MIN). b0 and b1 are kChunk-slot scratch buffers.
+// stat = min(stat, min over y+ > 0 of tbl) (STAT_MIN); kStatSumNoCount is STAT_SUM for rebalance,
+// whose weight needs no count. b0 and b1 are kChunk-slot scratch buffers.
+constexpr int kStatSumNoCount = 100;
+
 template <class T, int KIND>
 DBL_INLINE void stats_body(int64_t k, const T* __restrict y, const T* __restrict tbl, T* __restrict b0,
                            T* __restrict b1, double& count, double& stat) {
@@ -96,7 +99,7 @@ DBL_INLINE void stats_body(int64_t k, const T* __restrict y, const T* __restrict
     b0[j] = yp;
     b1[j] = KIND == STAT_MIN ? (yp > T(0) ? tbl[j] : std::numeric_limits<T>::infinity()) : yp * tbl[j];
   }
-  count += tree_reduce<T, false>(b0, k);
+  if (KIND != kStatSumNoCount) count += tree_reduce<T, false>(b0, k);
   if (KIND == STAT_MIN) stat = std::min(stat, tree_reduce<T, true>(b1, k));
   else stat += tree_reduce<T, false>(b1, k);
 }
@@ -160,7 +163,7 @@ using ConvertFn = void (*)(int64_t, const void*, void*);
 template <class T>
 struct Loops {
   MathFn<T> math_binary, math_soft;
-  StatsFn<T> stats_sum, stats_min;
+  StatsFn<T> stats_sum, stats_min, stats_sum_no_count;
   SoftFn<T> soft;
   ConvertFn grad_out;  // T -> logits dtype (null when it is T)
   ConvertFn z_in, y_in;  // input dtype -> T (null when already T)
@@ -179,6 +182,7 @@ struct IsaLoops;
     }                                                                                                     \
     static StatsFn<T> stats_sum() { return &NS::stats<T, STAT_SUM>; }                                     \
     static StatsFn<T> stats_min() { return &NS::stats<T, STAT_MIN>; }                                     \
+    static StatsFn<T> stats_sum_no_count() { return &NS::stats<T, kStatSumNoCount>; }                     \
     static SoftFn<T> soft() { return &NS::soft<T>; }                                                      \
     template <class S>                                                                                    \
     static ConvertFn to_compute() { return &NS::convert<T, S>; }                                          \
@@ -247,6 +251,7 @@ Loops<T> make_loops(const Spec<T>& s, bool need_grad, at::ScalarType zt, at::Sca
   f.math_soft = pick_math<T, L>(rebal, s.focal, LABELS_SOFT, need_grad);
   f.stats_sum = L::stats_sum();
   f.stats_min = L::stats_min();
+  f.stats_sum_no_count = L::stats_sum_no_count();
   f.soft = L::soft();
   f.grad_out = from_compute<T, L>(zt);
   f.z_in = to_compute<T, L>(zt);
@@ -376,7 +381,8 @@ class Runner {
   RowWeight<T> row_weight_of(int64_t i, const T* y, int64_t c0, int64_t c1, Scratch<T>* sc) const {
     double count = 0, stat = stat_kind_ == STAT_MIN ? std::numeric_limits<double>::infinity() : 0.0;
     if (stat_kind_ != STAT_NONE) {
-      const StatsFn<T> fn = stat_kind_ == STAT_MIN ? loops_.stats_min : loops_.stats_sum;
+      const StatsFn<T> fn = stat_kind_ == STAT_MIN ? loops_.stats_min
+                            : p_.spec.reweight == RW_REBALANCE ? loops_.stats_sum_no_count : loops_.stats_sum;
       for (int64_t c = c0; c < c1; c += kChunk) {  // fp32 lanes, flushed to double every chunk
         const int64_t k = std::min(kChunk, c1 - c);
         const T* yc = y ? y + (c - c0) : labels(i, c, k, sc->y);
