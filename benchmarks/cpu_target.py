@@ -12,6 +12,8 @@ cache, so no backend is timed on data another left in cache.
 from __future__ import annotations
 
 import argparse
+import datetime
+import subprocess
 import json
 import platform
 import statistics
@@ -97,6 +99,7 @@ def main(argv=None):
     result = {
         "case": {"N": args.n, "C": args.c, "logits": "fp32", "labels": "uint8", "mode": "fwd+bwd",
                  "config": "coco-mlt DB-focal (rebalance, NTR, focal gamma=2)"},
+        "date": datetime.date.today().isoformat(), "git": git_commit(),
         "threads": torch.get_num_threads(), "rounds": args.rounds, "reps": args.reps,
         "torch": torch.__version__, "python": platform.python_version(), "cpu": bench_data_cpu(),
         "ms": med, "all_ms": times,
@@ -109,6 +112,15 @@ def main(argv=None):
           f"(targets 10x and 3x)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def bench_data_cpu():
