@@ -28,9 +28,17 @@ def golden_arrays():
         return {k: data[k] for k in data.files}
 
 
+def shared_file(relative):
+    """A file of the shared data folder, or a skip that says where it was looked for."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{relative} not found under {SHARED} (set DBL_SHARED to the shared data folder)")
+    return path
+
+
 def dataset_counts(name):
     """class_freq and neg_class_freq of the authors' file for that data set."""
-    with np.load(SHARED / "data" / DATASET_FILES[name]) as data:
+    with np.load(shared_file(Path("data") / DATASET_FILES[name])) as data:
         return data["class_freq"], data["neg_class_freq"]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from dbl_kernels import ClassStats
 
-from conftest import SHARED, dataset_counts
+from conftest import dataset_counts, shared_file
 
 
 def test_from_labels_counts_positives_and_ignores_unknown():
@@ -26,7 +26,7 @@ def test_constructors_agree():
     a = ClassStats.from_counts(freq, neg)
     b = ClassStats.from_counts(freq, train_num=1909)
     c = ClassStats.from_fractions(freq / 1909.0, train_num=1909)
-    with np.load(SHARED / "data" / "coco_mlt_train_labels.npz") as data:
+    with np.load(shared_file("data/coco_mlt_train_labels.npz")) as data:
         d = ClassStats.from_labels(torch.from_numpy(data["labels"]))
     p = ClassStats.preset("coco-mlt")
     for s in (b, c, d, p):
@@ -53,7 +53,7 @@ def test_save_load_roundtrip(tmp_path, suffix):
 
 
 def test_authors_legacy_pickle_loads_without_code():
-    path = SHARED / "data" / "legacy" / "coco_mlt_class_freq.pkl"
+    path = shared_file("data/legacy/coco_mlt_class_freq.pkl")
     if not path.exists():
         pytest.skip("legacy pickle not found")
     stats = ClassStats.load(path)
