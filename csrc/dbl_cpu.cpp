@@ -51,21 +51,32 @@ std::atomic<int> g_isa{kBestIsa};
 // ---------------------------------------------------------------------------------------------
 #define DBL_INLINE inline __attribute__((always_inline))
 
-// Sum (or min) of a chunk buffer by a fixed pairwise tree: the same additions in the same order on
-// every ISA and thread count, each level an element-wise loop that vectorises (a running sum
-// would not, without reassociating). buf has kChunk slots; the first k hold values.
-template <class T, bool MIN>
-DBL_INLINE double tree_reduce(T* __restrict buf, int64_t k) {
-  const T pad = MIN ? std::numeric_limits<T>::infinity() : T(0);
-  for (int64_t j = k; j < kChunk; ++j) buf[j] = pad;
-  static_assert(kChunk == 256 && kLanes == 16, "tree levels below assume 256 -> 16");
-  for (int64_t j = 0; j < 128; ++j) buf[j] = MIN ? (buf[j + 128] < buf[j] ? buf[j + 128] : buf[j]) : buf[j] + buf[j + 128];
-  for (int64_t j = 0; j < 64; ++j) buf[j] = MIN ? (buf[j + 64] < buf[j] ? buf[j + 64] : buf[j]) : buf[j] + buf[j + 64];
-  for (int64_t j = 0; j < 32; ++j) buf[j] = MIN ? (buf[j + 32] < buf[j] ? buf[j + 32] : buf[j]) : buf[j] + buf[j + 32];
-  for (int64_t j = 0; j < 16; ++j) buf[j] = MIN ? (buf[j + 16] < buf[j] ? buf[j + 16] : buf[j]) : buf[j] + buf[j + 16];
-  double r = MIN ? std::numeric_limits<double>::infinity() : 0.0;
-  for (int l = 0; l < kLanes; ++l) r = MIN ? std::min(r, static_cast<double>(buf[l])) : r + static_cast<double>(buf[l]);
-  return r;
+// Sums of a chunk in kLanes double accumulators: element j of the chunk goes to lane j % kLanes,
+// in order, and the lanes are folded pairwise. Integer-free and fixed: the same additions in the
+// same order on every ISA and thread count (the lane loop is plain element-wise code, so SSE2,
+// AVX2 and AVX-512 all run it as the same per-lane double additions), with double precision for
+// the running sums and no padding of short chunks (COCO rows are 80 wide).
+DBL_INLINE double fold_lanes(const double* __restrict lanes) {
+  static_assert(kLanes == 16, "the fold below is written out for 16 lanes");
+  double h[8];  // spelt out, so the partial sums stay in registers
+  for (int l = 0; l < 8; ++l) h[l] = lanes[l] + lanes[l + 8];
+  const double q0 = h[0] + h[4], q1 = h[1] + h[5], q2 = h[2] + h[6], q3 = h[3] + h[7];
+  return (q0 + q2) + (q1 + q3);
+}
+
+template <class T>
+DBL_INLINE void add_lanes(int64_t k, const T* __restrict v, double* __restrict lanes) {
+  int64_t j = 0;
+  for (; j + kLanes <= k; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(v[j + l]);
+  for (int l = 0; j + l < k; ++l) lanes[l] += static_cast<double>(v[j + l]);
+}
+
+template <class T>
+DBL_INLINE double lane_sum(int64_t k, const T* __restrict v) {
+  double lanes[kLanes] = {};
+  add_lanes(k, v, lanes);
+  return fold_lanes(lanes);
 }
 
 // Loss and gradient of k elements; with `sum`, returns the chunk's loss sum (loss is then scratch).
@@ -83,7 +94,7 @@ DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restric
     loss[j] = element<T, FOCAL, LABELS, GRAD>(z[j], y[j], bias[j], wr, f, sp, g);
     if (GRAD) grad[j] = g;
   }
-  return sum ? tree_reduce<T, false>(loss, k) : 0.0;
+  return sum ? lane_sum(k, loss) : 0.0;
 }
 
 // Row statistics of k labels: count += sum y+, stat += sum y+ tbl (STAT_SUM) or
@@ -94,14 +105,20 @@ constexpr int kStatSumNoCount = 100;
 template <class T, int KIND>
 DBL_INLINE void stats_body(int64_t k, const T* __restrict y, const T* __restrict tbl, T* __restrict b0,
                            T* __restrict b1, double& count, double& stat) {
+  T mn = std::numeric_limits<T>::infinity();
   for (int64_t j = 0; j < k; ++j) {
     const T yp = y[j] > T(0) ? y[j] : T(0);
     b0[j] = yp;
-    b1[j] = KIND == STAT_MIN ? (yp > T(0) ? tbl[j] : std::numeric_limits<T>::infinity()) : yp * tbl[j];
+    if (KIND == STAT_MIN) {
+      const T v = yp > T(0) ? tbl[j] : std::numeric_limits<T>::infinity();
+      mn = v < mn ? v : mn;  // a min is exact in any order
+    } else {
+      b1[j] = yp * tbl[j];
+    }
   }
-  if (KIND != kStatSumNoCount) count += tree_reduce<T, false>(b0, k);
-  if (KIND == STAT_MIN) stat = std::min(stat, tree_reduce<T, true>(b1, k));
-  else stat += tree_reduce<T, false>(b1, k);
+  if (KIND != kStatSumNoCount) count += lane_sum(k, b0);
+  if (KIND == STAT_MIN) stat = std::min(stat, static_cast<double>(mn));
+  else stat += lane_sum(k, b1);
 }
 
 // Labels of a chunk: 1 if any is outside {-1, 0, 1} (then 1 - p_t needs expm1).
