@@ -6,11 +6,26 @@ Without torch at build time the package installs pure-Python (reference + Triton
 """
 import glob
 import os
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 
 ext_modules, cmdclass = [], {}
+
+
+def _torch_loads_libgomp():
+    """Whether torch's CPU library loads the OpenMP runtime under the name g++ links (libgomp.so.1)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    try:
+        out = subprocess.run(["ldd", os.path.join(lib, "libtorch_cpu.so")], capture_output=True, text=True,
+                             check=False).stdout
+    except OSError:
+        return os.path.exists(os.path.join(lib, "libgomp.so.1"))
+    return any(line.split()[:2] == ["libgomp.so.1", "=>"] for line in out.splitlines() if line.strip())
+
 try:
     import torch
     from torch.utils import cpp_extension
@@ -28,8 +43,9 @@ if torch is not None and os.environ.get("DBL_NO_EXTENSION", "0") != "1":
     cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math"]
     link = []
     # at::parallel_for is header code: without the compiler's OpenMP flag it silently runs on one
-    # thread. torch's Linux wheels use OpenMP (their bundled libgomp.so.1 is the one loaded).
-    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+    # thread. -fopenmp links g++'s libgomp.so.1, which is right only where torch loads that same
+    # library (its Linux wheels do); a second OpenMP runtime would ignore torch.set_num_threads.
+    if torch.backends.openmp.is_available() and _torch_loads_libgomp():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     define_macros = [("Py_LIMITED_API", "0x030A0000")]  # = torch's own define (python_requires >= 3.10)

@@ -451,13 +451,14 @@ class Runner {
   alignas(64) T ones_[kChunk];
 };
 
-// Number of labels != -1: the mean's denominator when aux[0] is negative (_spec.COUNT_IN_KERNEL).
-// Integer partial counts, so the sum is exact whatever the split over threads.
+// Number of labels != -1, the denominator of RED_MEAN_COUNTED. Integer partial counts, so the sum
+// is exact whatever the split over threads. bool and uint8 labels cannot hold -1.
 int64_t count_known(const Prepared& pr) {
   const at::Tensor& y = pr.labels;  // unit column stride
   const int64_t N = pr.N, C = pr.C, ld = y.stride(0);
+  if (y.scalar_type() == at::kBool || y.scalar_type() == at::kByte) return N * C;
   int64_t unknown = 0;
-  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, y.scalar_type(), "dbl_count_known", [&] {
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "dbl_count_known", [&] {
     const scalar_t* base = y.data_ptr<scalar_t>();
     const scalar_t minus_one = static_cast<scalar_t>(-1);
     unknown = at::parallel_reduce(
@@ -479,7 +480,7 @@ int64_t count_known(const Prepared& pr) {
 template <class T>
 void run_cpu(Prepared& pr, const OpScalars& s) {
   T aux[2] = {pr.aux.data_ptr<T>()[0], pr.aux.data_ptr<T>()[1]};
-  if (aux[0] < T(0)) aux[0] = T(1) / static_cast<T>(count_known(pr));  // 1/0 = inf: NaN loss, as 0/0
+  if (s.reduction == RED_MEAN_COUNTED) aux[0] = T(1) / static_cast<T>(count_known(pr));  // 1/0: NaN loss, as 0/0
   Problem<T> p;
   p.z = static_cast<const char*>(pr.logits.data_ptr());
   p.zt = pr.logits.scalar_type();
@@ -536,6 +537,14 @@ int64_t cpu_parallel_threads() {
   return std::count(seen.begin(), seen.end(), 1);
 }
 
+bool cpu_built_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
 at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "dbl::_cpu_math takes a CPU float32 tensor");
   at::Tensor in = x.contiguous();
@@ -559,6 +568,7 @@ TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def("_cpu_isa(int isa) -> int", &cpu_isa);
   m.def("_cpu_math(Tensor x, int fn) -> Tensor");
   m.def("_cpu_parallel_threads() -> int", &cpu_parallel_threads);
+  m.def("_cpu_built_with_openmp() -> bool", &cpu_built_with_openmp);
 }
 
 TORCH_LIBRARY_IMPL(dbl, CPU, m) {

@@ -40,6 +40,8 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
   const c10::cuda::CUDAGuard guard(logits.device());
   const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
                     cb_beta, neg_scale, gamma, scale, w_max, need_grad};
+  TORCH_CHECK(reduction != RED_MEAN_COUNTED, "dbl::fused: reduction 3 (a mean counted by the op) is CPU-only; "
+              "pass reduction 2 with aux[0] = 1 / count");
   Prepared p = prepare(logits, labels, weight, class_params, aux, s);
   cuda::FusedLaunch a{};
   a.logits = p.logits.data_ptr();

@@ -67,7 +67,7 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
               s.reweight_mode);
   TORCH_CHECK(s.weight_norm >= NORM_NONE && s.weight_norm <= NORM_BATCH, "dbl::fused: bad weight_norm ",
               s.weight_norm);
-  TORCH_CHECK(s.reduction >= RED_NONE && s.reduction <= RED_MEAN, "dbl::fused: bad reduction ", s.reduction);
+  TORCH_CHECK(s.reduction >= RED_NONE && s.reduction <= RED_MEAN_COUNTED, "dbl::fused: bad reduction ", s.reduction);
   TORCH_CHECK(s.gamma >= 0, "dbl::fused: gamma must be >= 0, got ", s.gamma);
   TORCH_CHECK(s.neg_scale > 0, "dbl::fused: neg_scale must be > 0, got ", s.neg_scale);
 

@@ -6,9 +6,7 @@ A kernel gets
   * ``class_params`` (4 x C, contiguous, compute dtype): rows ``INV_FREQ`` 1/n_j, ``CLASS_W`` the
     per-class weight (T/n_j, sqrt(T/n_j), cb_j or 1), ``FREQ`` n_j, ``BIAS`` the NTR bias b_j,
   * ``aux`` (2, compute dtype, on the device): ``[0]`` the reduction scale (1/count for mean, else 1),
-    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1. The CPU op also takes
-    ``[0] = COUNT_IN_KERNEL`` (negative): a mean over the known labels that it counts itself, in a
-    pass over the labels far cheaper than torch's ``(labels != -1).sum()``,
+    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1,
   * the ``KernelSpec`` fields as scalars/flags,
 and returns ``(loss, grad)``: loss is N x C (reduction "none") or a 0-d tensor (sum of the scaled
 element losses, summed in a fixed order), in the compute dtype; grad is d loss / d logits in the
@@ -27,6 +25,8 @@ Per element (y known, y+ = max(y, 0), mirrors ``reference``):
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -41,8 +41,10 @@ INV_FREQ, CLASS_W, FREQ, BIAS = range(4)
 REWEIGHT_NONE, REWEIGHT_REBALANCE, REWEIGHT_CLASS, REWEIGHT_CB_AVG_W, REWEIGHT_CB_AVG_N, REWEIGHT_CB_MIN_N = range(6)
 NORM_NONE, NORM_INSTANCE, NORM_BATCH = range(3)
 REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
+# CPU op only: a mean over the labels != -1 that the op counts itself (aux[0] unused), in a pass far
+# cheaper than torch's (labels != -1).sum() before the call.
+REDUCTION_MEAN_COUNTED = 3
 _REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
-COUNT_IN_KERNEL = -1.0  # aux[0] for the CPU op: a mean over the labels != -1, counted by the op
 
 
 @dataclass(frozen=True)
@@ -124,18 +126,28 @@ def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
     return 1.0 / labels.numel() if labels.numel() else math.nan
 
 
+def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown):
+    """Whether the mean needs a count of the known labels (then the CPU op can make it itself:
+    ``counted_spec``)."""
+    return avg_factor is None and _host_scale(labels, cfg, avg_factor, has_unknown) is None
+
+
+@functools.lru_cache(maxsize=64)
+def counted_spec(spec: KernelSpec) -> KernelSpec:
+    """The spec of a mean whose count the CPU op makes (REDUCTION_MEAN_COUNTED)."""
+    return dataclasses.replace(spec, reduction=REDUCTION_MEAN_COUNTED)
+
+
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None, kernel_counts=False):
+             has_unknown=None):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
-    labels known to hold no -1 skip the counting pass of the mean. ``kernel_counts``: the op counts
-    the known labels itself (the CPU op), so the mean's count costs no torch pass here.
+    labels known to hold no -1 skip the counting pass of the mean. A ``spec`` with
+    REDUCTION_MEAN_COUNTED gets no count: the op makes it.
     """
     dtype, device = compute_dtype(logits), logits.device
-    host_scale = _host_scale(labels, cfg, avg_factor, has_unknown)
-    if host_scale is None and avg_factor is None and kernel_counts:
-        host_scale = COUNT_IN_KERNEL
+    host_scale = 1.0 if spec.reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
     by_batch = spec.weight_norm == NORM_BATCH
     if host_scale is not None and not by_batch and ops.is_eager(logits):
         return _constant_aux(host_scale, dtype, device)

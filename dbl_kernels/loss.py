@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import backends, ops, reference
-from ._spec import class_params, kernel_spec, make_aux
+from ._spec import class_params, counted_mean, counted_spec, kernel_spec, make_aux
 from .reference import LossConfig
 from .stats import PRESETS, ClassStats
 
@@ -179,8 +179,10 @@ class DistributionBalancedLoss(nn.Module):
         dtype = reference.compute_dtype(logits)
         if weight is not None:  # strided inputs are the ops' business: they copy only what needs it
             weight = weight.detach().expand(logits.shape)
+        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
+            spec = counted_spec(spec)  # the CPU op counts the known labels in its own pass
         aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown, kernel_counts=backend == "cpu")
+                       has_unknown)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         params = self._params(dtype, logits.device)
         return ops.call(backends.fused_op(backend), ops.op_args(logits, labels, weight, params, aux, spec, need_grad))

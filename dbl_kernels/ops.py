@@ -42,9 +42,10 @@ def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_
 def is_eager(tensor):
     """True for a real tensor outside any tracing (torch.compile, make_fx, export): then kernels may be
     launched directly, skipping the custom-op and wrap_triton machinery that tracing needs (hundreds
-    of microseconds of host time per call on a GPU machine)."""
-    return (not torch.compiler.is_compiling() and type(tensor) in (torch.Tensor, torch.nn.Parameter)
-            and torch._C._len_torch_dispatch_stack() == 0)
+    of microseconds of host time per call on a GPU machine). torch.jit.trace records ops, so it gets
+    the op too (a Python autograd.Function cannot be saved in a traced module)."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and type(tensor) in (torch.Tensor, torch.nn.Parameter) and torch._C._len_torch_dispatch_stack() == 0)
 
 
 @torch.library.custom_op("dbl::scale_grad_", mutates_args=("grad",))

@@ -38,8 +38,8 @@ except Exception as exc:  # a broken install is as unusable as a missing one, an
 
 from . import ops
 from .reference import compute_dtype
-from ._spec import (BIAS, CLASS_W, FREQ, INV_FREQ, NORM_BATCH, NORM_INSTANCE, REDUCTION_NONE,
-                    REWEIGHT_CB_AVG_N, REWEIGHT_CB_AVG_W, REWEIGHT_CB_MIN_N, REWEIGHT_CLASS, REWEIGHT_REBALANCE)
+from ._spec import (BIAS, CLASS_W, FREQ, INV_FREQ, NORM_BATCH, NORM_INSTANCE, REDUCTION_MEAN, REDUCTION_NONE,
+                    REDUCTION_SUM, REWEIGHT_CB_AVG_N, REWEIGHT_CB_AVG_W, REWEIGHT_CB_MIN_N, REWEIGHT_CLASS, REWEIGHT_REBALANCE)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -741,6 +741,9 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
            aux: torch.Tensor, reweight_mode: int, weight_norm: int, logit_reg: bool, focal: bool, reduction: int,
            map_alpha: float, map_beta: float, map_gamma: float, cb_beta: float, neg_scale: float, gamma: float,
            scale: float, w_max: float, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if reduction not in (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN):
+        raise ValueError(f"dbl::fused_triton: reduction must be 0, 1 or 2 (3, a mean counted by the op, is "
+                         f"the CPU op's), got {reduction}")
     n_rows, n_cols = logits.shape
     dtype = compute_dtype(logits)
     device = logits.device

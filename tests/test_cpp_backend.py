@@ -495,12 +495,22 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         assert "warning" not in out.lower(), out
 
 
+def _torch_loads_libgomp():
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if not sys.platform.startswith("linux") or shutil.which("ldd") is None or not lib.exists():
+        return False
+    out = subprocess.run(["ldd", str(lib)], capture_output=True, text=True, check=False).stdout
+    return any(line.split()[:2] == ["libgomp.so.1", "=>"] for line in out.splitlines() if line.strip())
+
+
 @needs_ext
 def test_cpu_kernel_runs_on_torch_threads():
     # at::parallel_for is header code: an extension built without OpenMP runs it on one thread,
-    # silently ignoring torch.set_num_threads.
-    if not torch.backends.openmp.is_available() or not sys.platform.startswith("linux"):
-        pytest.skip("torch without OpenMP, or a platform where the extension builds without it")
+    # silently ignoring torch.set_num_threads. setup.py adds it where torch loads g++'s libgomp.
+    if _torch_loads_libgomp():
+        assert torch.ops.dbl._cpu_built_with_openmp()
+    if not torch.ops.dbl._cpu_built_with_openmp():
+        pytest.skip("extension built without OpenMP (torch here does not load libgomp.so.1)")
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
@@ -538,3 +548,44 @@ def test_cpu_op_mean_over_no_known_label_is_nan_like_reference():
     for backend in ("cpu", "reference"):
         loss, _ = _run(dk.DistributionBalancedLoss(_stats(80), backend=backend), z, y)
         assert torch.isnan(loss)
+
+
+@needs_ext
+@pytest.mark.parametrize("avg_factor", [-3.0, -1.0, 2.5])
+def test_cpu_avg_factor_of_any_sign_matches_reference(avg_factor):
+    # avg_factor divides the summed loss as given; no value of it means "count the labels".
+    z, y = _inputs(16, 80)
+    stats = _stats(80)
+    ours = _run(dk.DistributionBalancedLoss(stats, backend="cpu"), z, y, avg_factor=avg_factor)
+    _assert_close(ours, _run(dk.DistributionBalancedLoss(stats, backend="reference"), z, y, avg_factor=avg_factor))
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int8, torch.int64, torch.bfloat16, torch.float32])
+def test_op_counted_mean_counts_per_label_dtype(dtype):
+    # reduction 3 at the op: the mean over labels != -1 counted by the CPU op (bool/uint8: all).
+    from dbl_kernels import ops
+    from dbl_kernels._spec import REDUCTION_MEAN, REDUCTION_MEAN_COUNTED, counted_spec
+
+    z, y = _inputs(9, 80, partial=dtype not in (torch.bool, torch.uint8))
+    y = y.to(dtype)
+    loss_fn = dk.DistributionBalancedLoss(_stats(80), backend="cpu")
+    params = loss_fn._params(torch.float32)
+    known = (y != -1).sum() if dtype not in (torch.bool, torch.uint8) else torch.tensor(y.numel())
+    plain = ops.op_args(z, y, None, params, torch.stack([1.0 / known.float(), torch.tensor(1.0)]),
+                        loss_fn.spec, True)
+    counted = ops.op_args(z, y, None, params, torch.tensor([123.0, 1.0]), counted_spec(loss_fn.spec), True)
+    assert plain[9] == REDUCTION_MEAN and counted[9] == REDUCTION_MEAN_COUNTED
+    (l1, g1), (l2, g2) = cpp_ops.fused(*plain), cpp_ops.fused(*counted)  # aux[0] = 123 is ignored
+    assert torch.equal(l1, l2) and torch.equal(g1, g2)
+
+
+@needs_ext
+def test_jit_trace_of_the_loss_saves_and_reloads(tmp_path):
+    z, y = _inputs(8, 80)
+    loss_fn = dk.DistributionBalancedLoss(_stats(80), backend="cpu")
+    traced = torch.jit.trace(lambda t: loss_fn(t, y), (z.clone().requires_grad_(),), check_trace=False)
+    path = tmp_path / "loss.pt"
+    torch.jit.save(traced, str(path))
+    reloaded = torch.jit.load(str(path))
+    torch.testing.assert_close(reloaded(z), loss_fn(z, y))
