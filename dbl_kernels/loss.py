@@ -66,7 +66,8 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
         if weight.device != logits.device:
             raise ValueError(f"weight is on {weight.device} but logits on {logits.device}")
     if validate_labels is None:
-        validate_labels = labels.device.type == "cpu" and not torch.compiler.is_compiling()
+        validate_labels = (labels.device.type == "cpu" and not torch.compiler.is_compiling()
+                           and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
     if validate_labels and labels.numel() and labels.dtype != torch.bool:
         return _check_label_values(labels)
     return None
@@ -152,7 +153,9 @@ class DistributionBalancedLoss(nn.Module):
         and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
         buf = self.class_params
         device = buf.device if device is None else torch.device(device)
-        if torch.compiler.is_compiling():  # data_ptr() cannot be traced; the cast joins the graph
+        if torch.compiler.is_compiling() or buf.is_inference():
+            # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
+            # built under torch.inference_mode) have no version counter to key a cache on
             return buf.to(device=device, dtype=dtype).contiguous()
         key = (buf.device, device, dtype, buf.data_ptr(), buf._version)
         cached = self._cast_cache.get(key)
@@ -169,6 +172,8 @@ class DistributionBalancedLoss(nn.Module):
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
             backend = "reference"  # the fused kernels treat weight as a constant
+        if backend != "reference" and reference.transformed(logits):
+            backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
         if backend == "reference":
             return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
                                                         cfg, weight=weight, avg_factor=avg_factor)

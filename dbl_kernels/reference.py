@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd import forward_ad
 
 REWEIGHTS = ("rebalance", "CB", "inv", "sqrt_inv", None)
 CB_MODES = ("by_class", "average_w", "average_n", "min_n")
@@ -186,6 +187,13 @@ def bce(logits, labels):
     return logits.clamp(min=0) - logits * labels + torch.log1p(torch.exp(-logits.abs()))
 
 
+def _focal_derivative(x, y, loss, modulator, gamma):
+    """d/dx of (1 - p_t)^gamma * l, finite at saturation (see _FocalBCE)."""
+    p_t = 1.0 - modulator
+    ratio = torch.where(modulator > 0, loss / modulator, torch.ones_like(loss))
+    return (torch.sigmoid(x) - y) * modulator.pow(gamma) * (1.0 + gamma * p_t * ratio)
+
+
 class _FocalBCE(torch.autograd.Function):
     """(1 - p_t)^gamma * l with p_t = exp(-l), l = bce(x, y), gradient through p_t.
 
@@ -206,16 +214,56 @@ class _FocalBCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, y, loss, modulator = ctx.saved_tensors
-        gamma = ctx.gamma
-        p_t = 1.0 - modulator
-        ratio = torch.where(modulator > 0, loss / modulator, torch.ones_like(loss))
-        dfocal = (torch.sigmoid(x) - y) * modulator.pow(gamma) * (1.0 + gamma * p_t * ratio)
-        return grad * dfocal, None, None
+        return grad * _focal_derivative(x, y, loss, modulator, ctx.gamma), None, None
+
+
+class _FocalBCETransformable(torch.autograd.Function):
+    """_FocalBCE for torch.func transforms (grad, vmap, jacrev) and forward-mode AD: the
+    forward/setup_context form they need, with a jvp and a generated vmap rule. Only used under
+    those: torch.compile fuses this form far worse (3x slower at 4096 x 1000 on a CPU)."""
+
+    generate_vmap_rule = True  # element-wise throughout
+
+    @staticmethod
+    def forward(x, y, gamma):
+        loss = bce(x, y)
+        modulator = -torch.expm1(-loss)
+        return modulator.pow(gamma) * loss, loss, modulator  # l and 1 - p_t ride along, not recomputed
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, gamma = inputs
+        _, loss, modulator = output
+        ctx.mark_non_differentiable(loss, modulator)
+        ctx.save_for_backward(x, y, loss, modulator)
+        ctx.save_for_forward(x, y, loss, modulator)
+        ctx.gamma = gamma
+
+    @staticmethod
+    def backward(ctx, grad, _grad_loss, _grad_modulator):
+        x, y, loss, modulator = ctx.saved_tensors
+        return grad * _focal_derivative(x, y, loss, modulator, ctx.gamma), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _y_tangent, _gamma_tangent):
+        x, y, loss, modulator = ctx.saved_tensors
+        return _focal_derivative(x, y, loss, modulator, ctx.gamma) * x_tangent, None, None
+
+
+def transformed(logits):
+    """Whether logits are under a torch.func transform or carry a forward-mode tangent."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+        return True
+    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(logits).tangent is not None
 
 
 def focal_bce(logits, labels, cfg: LossConfig):
     if not cfg.focal:
         return bce(logits, labels)
+    if transformed(logits):
+        return cfg.balance_param * _FocalBCETransformable.apply(logits, labels, cfg.gamma)[0]
     return cfg.balance_param * _FocalBCE.apply(logits, labels, cfg.gamma)
 
 

@@ -263,3 +263,38 @@ def test_eager_fast_path_equals_the_registered_autograd(backend, reduction):
     assert loss2.grad_fn is not None and type(loss2.grad_fn).__name__ != type(loss1.grad_fn).__name__
     loss2.backward(go)
     assert torch.equal(loss1, loss2) and torch.equal(z1.grad, z2.grad)
+
+
+_FUNC_BACKENDS = ["reference"] + [b for b in ("cpu", "triton") if b in dk.available_backends()]
+
+
+@pytest.mark.parametrize("backend", _FUNC_BACKENDS)
+def test_torch_func_grad_vmap_and_forward_ad(backend):
+    # The fused ops are first-order reverse mode only; under torch.func transforms or with a
+    # forward-mode tangent the loss runs the reference, which supports them.
+    import torch.autograd.forward_ad as fwAD
+
+    z, y = _inputs()
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend=backend)
+    reference = dk.DistributionBalancedLoss("voc-mlt", backend="reference")
+    zr = z.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(reference(zr, y), zr)
+    torch.testing.assert_close(torch.func.grad(lambda t: loss_fn(t, y))(z), expected)
+    tangent = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    with fwAD.dual_level():
+        out = loss_fn(fwAD.make_dual(z, tangent), y)
+        jvp = fwAD.unpack_dual(out).tangent
+    assert jvp is not None
+    torch.testing.assert_close(jvp, (expected * tangent).sum())
+    per_row = torch.func.vmap(lambda t, yy: loss_fn(t[None], yy[None]))(z, y)
+    torch.testing.assert_close(per_row, torch.stack([reference(z[i:i + 1], y[i:i + 1]) for i in range(len(z))]))
+
+
+def test_module_built_under_inference_mode_works():
+    z, y = _inputs()
+    with torch.inference_mode():
+        loss_fn = dk.DistributionBalancedLoss("voc-mlt")
+        inside = loss_fn(z, y)
+    outside = loss_fn(z, y)
+    torch.testing.assert_close(inside, outside)
+    torch.testing.assert_close(outside, dk.DistributionBalancedLoss("voc-mlt", backend="reference")(z, y))
