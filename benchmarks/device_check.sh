@@ -5,9 +5,10 @@
 #   OUT=/some/dir bash benchmarks/device_check.sh        (from anywhere; runs in the repo root)
 #
 # No network is needed (pip runs with --no-index). Time budget, each step capped with `timeout`
-# so a hang in one still leaves the others' output (caps sum to 380 s, plus 3 s of grace each and
-# about 20 s of Python start-ups outside them: under 7 minutes even if every step times out):
-#   build 90 s | tests 120 s, with compute-sanitizer (90 s) beside them | checks 70 s | bench 100 s
+# so a hang in one still leaves the others' output (caps sum to 400 s, plus 3 s of grace each and
+# about 20 s of Python start-ups outside them: under 7.5 minutes even if every step times out):
+#   build 90 s | tests 120 s, with compute-sanitizer (90 s) beside them | checks 70 s | overhead 20 s |
+#   bench 100 s
 # $OUT receives 7 files: device_check.md (the step table and short tables), results.json,
 # results.csv, summary.md, throughput.png, gpu_checks.json, logs.tar.gz (every log).
 #
@@ -99,6 +100,9 @@ step checks "${DBL_CHECK_CHECKS_S:-70}" "$PY" benchmarks/gpu_checks.py all --dev
   --budget-s "${DBL_CHECK_CONFIG_BUDGET_S:-35}" --big-shape "$BIG" \
   --json "$OUT/gpu_checks.json" --md "$WORK/checks.md"
 
+# --- 3b. host overhead per call at a small (host-bound) shape, each fused backend (20 s) ----------
+step overhead 20 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d; print(\" \".join(x for x in d.available_backends() if x != \"reference\"))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 100 | head -8; done"
+
 # --- 4. benchmark: targets (incl. one xmc shape), coco, openimages (100 s) ----------------------
 # run.py stops starting new cases after --budget-s and writes what it has on SIGTERM too. To fit
 # the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic) except for
@@ -122,6 +126,11 @@ step bench 100 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --ou
   echo "sanitizer: $(grep -E 'ERROR SUMMARY|sanitize:' "$LOGS/sanitizer.log" 2>/dev/null | tr '\n' ' ')"
   echo
   cat "$WORK/checks.md" 2>/dev/null || echo "gpu checks: no report (see logs/checks.log)"
+  echo
+  echo "## Host overhead (ms per call, 256 x 80)"
+  echo '```'
+  grep -vE '^(USDT|-)' "$LOGS/overhead.log" 2>/dev/null | head -30
+  echo '```'
   echo
   echo "## Targets"
   "$PY" benchmarks/gpu_checks.py targets "$OUT/results.json" 2>&1 | tail -20
