@@ -35,6 +35,11 @@ def _cpp():
         return None
 
 
+def has_cpu_extension():
+    """Whether the C++ extension (its CPU kernel and helpers) is importable here."""
+    return _cpp() is not None
+
+
 @functools.lru_cache(maxsize=None)
 def _triton():
     try:

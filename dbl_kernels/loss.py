@@ -73,18 +73,29 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     return None
 
 
+def _label_summary(labels):
+    """(min, max, any value in (-1, 0)) of CPU labels: one pass in the C++ extension where it is
+    built (torch takes four, as long as the fused kernel itself for partial float labels)."""
+    if (labels.device.type == "cpu" and backends.has_cpu_extension() and not torch.jit.is_tracing()
+            and not torch._C._are_functorch_transforms_active()):  # a plain call on real tensors
+        lo, hi, between = torch.ops.dbl._label_summary(labels)
+        return lo, hi, between > 0
+    lo, hi = (float(v) for v in torch.aminmax(labels))
+    between = lo < 0 and labels.dtype.is_floating_point and bool(((labels < 0) & (labels > -1)).any())
+    return lo, hi, between
+
+
 def _check_label_values(labels):
     """Raise on labels outside {0, 1, -1} (ints) or [0, 1] u {-1} (floats); return whether any -1 is
     present, which saves the kernels a counting pass for the mean."""
-    lo, hi = torch.aminmax(labels)
-    lo, hi = float(lo), float(hi)
+    lo, hi, between = _label_summary(labels)
     if not labels.dtype.is_floating_point:
         if lo < -1 or hi > 1:
             raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
         return lo < 0
     if not (lo >= -1 and hi <= 1):  # also catches NaN
         raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
-    if lo < 0 and bool(((labels < 0) & (labels != -1)).any()):
+    if lo < 0 and between:
         raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
     return lo < 0
 
