@@ -8,6 +8,7 @@
 // time, so no instruction the CPU lacks is ever executed.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -520,71 +521,45 @@ std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at:
   return {p.loss, p.grad};
 }
 
-// One pass over CPU labels for the label check (loss.py): [min, max, rows with a value in (-1, 0)], NaN
-// for min and max when a NaN is present; torch needs four passes for the same answer.
-struct LabelSummary {
-  double lo, hi;
-  int64_t between;  // rows with a value in (-1, 0): invalid for float labels
-  bool nan;
-};
-
-std::vector<double> label_summary(const at::Tensor& labels_in) {
-  TORCH_CHECK(labels_in.device().is_cpu() && labels_in.dim() == 2 && is_label_dtype(labels_in.scalar_type()),
-              "dbl::_label_summary takes 2-D CPU labels");
+// Whether any CPU label lies strictly in (-1, 0), the one invalid value of float labels that a
+// min/max check misses: one pass in the labels' own precision (torch needs three). kLanes flags,
+// element-wise in the lane, so the loop vectorises.
+bool labels_between(const at::Tensor& labels_in) {
+  TORCH_CHECK(labels_in.device().is_cpu() && labels_in.dim() == 2 && at::isFloatingType(labels_in.scalar_type()),
+              "dbl::_labels_between takes 2-D CPU float labels");
   const at::Tensor y = unit_column_stride(labels_in);
   const int64_t N = y.size(0), C = y.size(1), ld = y.stride(0);
-  const LabelSummary empty{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(), 0, false};
-  LabelSummary r = empty;
-  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, y.scalar_type(), "dbl_label_summary", [&] {
+  int64_t rows = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "dbl_labels_between", [&] {
+    using acc_t = at::opmath_type<scalar_t>;  // double for double labels, float otherwise
     const scalar_t* base = y.data_ptr<scalar_t>();
-    r = at::parallel_reduce(
-        0, N, std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)), empty,
-        [&](int64_t i0, int64_t i1, LabelSummary acc) {
+    rows = at::parallel_reduce(
+        0, N, std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)), int64_t(0),
+        [&](int64_t i0, int64_t i1, int64_t acc) {
           for (int64_t i = i0; i < i1; ++i) {
             const scalar_t* row = base + i * ld;
-            // kLanes lanes of float flags and extremes, element-wise in the lane (no float min
-            // reduction, which g++ vectorises only under -ffast-math)
-            float lo[kLanes], hi[kLanes], between[kLanes] = {}, nan[kLanes] = {};
-            std::fill(lo, lo + kLanes, std::numeric_limits<float>::infinity());
-            std::fill(hi, hi + kLanes, -std::numeric_limits<float>::infinity());
-            const auto update = [&](const float* v) {
-              for (int l = 0; l < kLanes; ++l) {
-                lo[l] = v[l] < lo[l] ? v[l] : lo[l];
-                hi[l] = v[l] > hi[l] ? v[l] : hi[l];
-                between[l] = (v[l] > -1.0f && v[l] < 0.0f) ? 1.0f : between[l];
-                nan[l] = v[l] != v[l] ? 1.0f : nan[l];
-              }
+            acc_t flag[kLanes] = {}, v[kLanes];
+            const auto update = [&] {
+              for (int l = 0; l < kLanes; ++l) flag[l] = (v[l] > acc_t(-1) && v[l] < acc_t(0)) ? acc_t(1) : flag[l];
             };
-            float v[kLanes];
             int64_t j0 = 0;
             for (; j0 + kLanes <= C; j0 += kLanes) {
-              for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(row[j0 + l]);
-              update(v);
+              for (int l = 0; l < kLanes; ++l) v[l] = static_cast<acc_t>(row[j0 + l]);
+              update();
             }
-            if (j0 < C) {  // the tail, padded with a value of the row (neutral for every lane)
-              for (int l = 0; l < kLanes; ++l) v[l] = static_cast<float>(row[j0 + (j0 + l < C ? l : 0)]);
-              update(v);
+            if (j0 < C) {  // the tail, padded with a value of the row
+              for (int l = 0; l < kLanes; ++l) v[l] = static_cast<acc_t>(row[j0 + (j0 + l < C ? l : 0)]);
+              update();
             }
-            float row_lo = lo[0], row_hi = hi[0], row_between = between[0], row_nan = nan[0];
-            for (int l = 1; l < kLanes; ++l) {
-              row_lo = std::min(row_lo, lo[l]);
-              row_hi = std::max(row_hi, hi[l]);
-              row_between = std::max(row_between, between[l]);
-              row_nan = std::max(row_nan, nan[l]);
-            }
-            acc.lo = std::min(acc.lo, static_cast<double>(row_lo));
-            acc.hi = std::max(acc.hi, static_cast<double>(row_hi));
-            acc.between += row_between > 0.0f;
-            acc.nan = acc.nan || row_nan > 0.0f;
+            acc_t any = 0;
+            for (int l = 0; l < kLanes; ++l) any = std::max(any, flag[l]);
+            acc += any > acc_t(0);
           }
           return acc;
         },
-        [](LabelSummary a, const LabelSummary& b) {
-          return LabelSummary{std::min(a.lo, b.lo), std::max(a.hi, b.hi), a.between + b.between, a.nan || b.nan};
-        });
+        std::plus<int64_t>());
   });
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  return {r.nan ? nan : r.lo, r.nan ? nan : r.hi, static_cast<double>(r.between)};
+  return rows > 0;
 }
 
 // Test hooks: choose the vector ISA (clamped to what the CPU has; returns the one now in use), and
@@ -636,7 +611,7 @@ TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def("_cpu_math(Tensor x, int fn) -> Tensor");
   m.def("_cpu_parallel_threads() -> int", &cpu_parallel_threads);
   m.def("_cpu_built_with_openmp() -> bool", &cpu_built_with_openmp);
-  m.def("_label_summary(Tensor labels) -> float[]", &label_summary);
+  m.def("_labels_between(Tensor labels) -> bool", &labels_between);
 }
 
 TORCH_LIBRARY_IMPL(dbl, CPU, m) {

@@ -73,29 +73,27 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     return None
 
 
-def _label_summary(labels):
-    """(min, max, any value in (-1, 0)) of CPU labels: one pass in the C++ extension where it is
-    built (torch takes four, as long as the fused kernel itself for partial float labels)."""
-    if (labels.device.type == "cpu" and backends.has_cpu_extension() and not torch.jit.is_tracing()
-            and not torch._C._are_functorch_transforms_active()):  # a plain call on real tensors
-        lo, hi, between = torch.ops.dbl._label_summary(labels)
-        return lo, hi, between > 0
-    lo, hi = (float(v) for v in torch.aminmax(labels))
-    between = lo < 0 and labels.dtype.is_floating_point and bool(((labels < 0) & (labels > -1)).any())
-    return lo, hi, between
+def _any_between(labels):
+    """Whether any float label lies strictly in (-1, 0): one C++ pass where it applies (plain calls
+    on CPU tensors), else torch."""
+    if (labels.device.type == "cpu" and backends.has_cpu_extension() and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not torch._C._are_functorch_transforms_active()):
+        return torch.ops.dbl._labels_between(labels)
+    return bool(((labels < 0) & (labels > -1)).any())
 
 
 def _check_label_values(labels):
     """Raise on labels outside {0, 1, -1} (ints) or [0, 1] u {-1} (floats); return whether any -1 is
     present, which saves the kernels a counting pass for the mean."""
-    lo, hi, between = _label_summary(labels)
+    lo, hi = torch.aminmax(labels)
+    lo, hi = float(lo), float(hi)
     if not labels.dtype.is_floating_point:
         if lo < -1 or hi > 1:
             raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
         return lo < 0
     if not (lo >= -1 and hi <= 1):  # also catches NaN
         raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
-    if lo < 0 and between:
+    if lo < 0 and _any_between(labels):
         raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
     return lo < 0
 
@@ -183,7 +181,7 @@ class DistributionBalancedLoss(nn.Module):
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
             backend = "reference"  # the fused kernels treat weight as a constant
-        if backend != "reference" and reference.transformed(logits):
+        if backend != "reference" and reference.transformed(logits, weight):
             backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
         if backend == "reference":
             return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,

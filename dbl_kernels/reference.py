@@ -188,7 +188,12 @@ def bce(logits, labels):
 
 
 def _focal_derivative(x, y, loss, modulator, gamma):
-    """d/dx of (1 - p_t)^gamma * l, finite at saturation (see _FocalBCE)."""
+    """d/dx of (1 - p_t)^gamma * l, finite at saturation (see _FocalBCE). When the backward itself
+    is differentiated (create_graph, torch.func), l and 1 - p_t are recomputed from x: the saved
+    ones are constants to autograd, and a second derivative needs their dependence on x."""
+    if torch.is_grad_enabled() or transformed(x):
+        loss = bce(x, y)
+        modulator = -torch.expm1(-loss)
     p_t = 1.0 - modulator
     ratio = torch.where(modulator > 0, loss / modulator, torch.ones_like(loss))
     return (torch.sigmoid(x) - y) * modulator.pow(gamma) * (1.0 + gamma * p_t * ratio)
@@ -250,13 +255,14 @@ class _FocalBCETransformable(torch.autograd.Function):
         return _focal_derivative(x, y, loss, modulator, ctx.gamma) * x_tangent, None, None
 
 
-def transformed(logits):
-    """Whether logits are under a torch.func transform or carry a forward-mode tangent."""
+def transformed(*tensors):
+    """Whether a torch.func transform is active, or one of tensors carries a forward-mode tangent."""
     if torch.compiler.is_compiling():
         return False
-    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+    if torch._C._are_functorch_transforms_active():
         return True
-    return forward_ad._current_level >= 0 and forward_ad.unpack_dual(logits).tangent is not None
+    return forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def focal_bce(logits, labels, cfg: LossConfig):

@@ -290,3 +290,33 @@ def test_module_built_under_inference_mode_works():
     outside = loss_fn(z, y)
     torch.testing.assert_close(inside, outside)
     torch.testing.assert_close(outside, dk.DistributionBalancedLoss("voc-mlt", backend="reference")(z, y))
+
+
+@pytest.mark.parametrize("gamma", [2.0, 1.5])
+def test_reference_second_derivatives(gamma):
+    # Double backward through the focal term recomputes l(x): the saved l is a constant to autograd.
+    z, y = _inputs()
+    z = z.double()
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend="reference", gamma=gamma)
+    assert torch.autograd.gradgradcheck(lambda t: loss_fn(t, y), (z.clone().requires_grad_(),))
+    torch.testing.assert_close(torch.func.hessian(lambda t: loss_fn(t, y))(z),
+                               torch.autograd.functional.hessian(lambda t: loss_fn(t, y), z))
+
+
+@pytest.mark.parametrize("backend", _FUNC_BACKENDS)
+def test_forward_ad_over_weight(backend):
+    z, y = _inputs()
+    g = torch.Generator().manual_seed(2)
+    w, t = torch.rand(z.shape, generator=g), torch.randn(z.shape, generator=g)
+    ours = dk.DistributionBalancedLoss("voc-mlt", backend=backend, reduction="none")
+    ref = dk.DistributionBalancedLoss("voc-mlt", backend="reference", reduction="none")
+    expected = torch.func.jvp(lambda ww: ref(z, y, ww), (w,), (t,))[1]
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(torch.func.jvp(lambda ww: ours(z, y, ww), (w,), (t,))[1], expected)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "reference") if b in dk.available_backends()])
+def test_label_check_on_request_under_torch_compile(backend):
+    z, y = _inputs()
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend=backend, validate_labels=True)
+    torch.testing.assert_close(torch.compile(loss_fn)(z, y), loss_fn(z, y))
