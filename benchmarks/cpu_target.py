@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import json
 import platform
 import statistics
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data  # noqa: E402
+import run as bench  # noqa: E402
 
 import dbl_kernels as dk  # noqa: E402
 
@@ -99,9 +99,9 @@ def main(argv=None):
     result = {
         "case": {"N": args.n, "C": args.c, "logits": "fp32", "labels": "uint8", "mode": "fwd+bwd",
                  "config": "coco-mlt DB-focal (rebalance, NTR, focal gamma=2)"},
-        "date": datetime.date.today().isoformat(), "git": git_commit(),
+        "date": datetime.date.today().isoformat(), "git": bench.git_commit(),
         "threads": torch.get_num_threads(), "rounds": args.rounds, "reps": args.reps,
-        "torch": torch.__version__, "python": platform.python_version(), "cpu": bench_data_cpu(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": bench.cpu_name(),
         "ms": med, "all_ms": times,
         "cpu_x_eager": med["eager"] / med["cpu"], "cpu_x_compile": med["compile"] / med["cpu"],
     }
@@ -112,25 +112,6 @@ def main(argv=None):
           f"(targets 10x and 3x)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def bench_data_cpu():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -452,6 +452,9 @@ class Runner {
   alignas(64) T ones_[kChunk];
 };
 
+// Rows per task of a one-pass scan over C-wide label rows: serial below kSerialElems in all.
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)); }
+
 // Number of labels != -1, the denominator of RED_MEAN_COUNTED. Integer partial counts, so the sum
 // is exact whatever the split over threads. bool and uint8 labels cannot hold -1.
 int64_t count_known(const Prepared& pr) {
@@ -463,7 +466,7 @@ int64_t count_known(const Prepared& pr) {
     const scalar_t* base = y.data_ptr<scalar_t>();
     const scalar_t minus_one = static_cast<scalar_t>(-1);
     unknown = at::parallel_reduce(
-        0, N, std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)), int64_t(0),
+        0, N, row_grain(C), int64_t(0),
         [&](int64_t i0, int64_t i1, int64_t acc) {
           for (int64_t i = i0; i < i1; ++i) {
             const scalar_t* row = base + i * ld;
@@ -534,7 +537,7 @@ bool labels_between(const at::Tensor& labels_in) {
     using acc_t = at::opmath_type<scalar_t>;  // double for double labels, float otherwise
     const scalar_t* base = y.data_ptr<scalar_t>();
     rows = at::parallel_reduce(
-        0, N, std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)), int64_t(0),
+        0, N, row_grain(C), int64_t(0),
         [&](int64_t i0, int64_t i1, int64_t acc) {
           for (int64_t i = i0; i < i1; ++i) {
             const scalar_t* row = base + i * ld;

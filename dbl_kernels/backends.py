@@ -35,11 +35,6 @@ def _cpp():
         return None
 
 
-def has_cpu_extension():
-    """Whether the C++ extension (its CPU kernel and helpers) is importable here."""
-    return _cpp() is not None
-
-
 @functools.lru_cache(maxsize=None)
 def _triton():
     try:
@@ -55,7 +50,8 @@ def _triton_interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _has(name):
+def has_backend(name):
+    """Whether backend ``name`` is built and usable here (see available_backends)."""
     if name == "reference":
         return True
     if name == "cpu":
@@ -69,7 +65,7 @@ def _has(name):
 
 def available_backends():
     """Names of the backends that can run here, e.g. ``['reference', 'cpu']``."""
-    return [name for name in BACKENDS[1:] if _has(name)]
+    return [name for name in BACKENDS[1:] if has_backend(name)]
 
 
 def _supports(name, device_type):
@@ -90,7 +86,7 @@ _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "referenc
 @functools.lru_cache(maxsize=None)
 def _auto(device_type):
     for name in _AUTO_ORDER.get(device_type, ("reference",)):
-        if _has(name) and _supports(name, device_type):
+        if has_backend(name) and _supports(name, device_type):
             log.info("dbl_kernels: backend 'auto' uses %r on %s", name, device_type)
             return name
     return "reference"
@@ -110,7 +106,7 @@ def resolve(backend, device_type):
             raise ValueError(f"environment variable DBL_BACKEND={backend!r} is not one of {list(BACKENDS)}")
         if backend == "auto":
             return _auto(device_type)
-    if not _has(backend):
+    if not has_backend(backend):
         hint = _BUILD_HINT if backend in ("cpu", "cuda") else "install triton and use a CUDA device"
         raise ValueError(f"backend={backend!r} is not available here (available: {available_backends()}); {hint}")
     if not _supports(backend, device_type):

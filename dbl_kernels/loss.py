@@ -76,8 +76,7 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
 def _any_between(labels):
     """Whether any float label lies strictly in (-1, 0): one C++ pass where it applies (plain calls
     on CPU tensors), else torch."""
-    if (labels.device.type == "cpu" and backends.has_cpu_extension() and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not torch._C._are_functorch_transforms_active()):
+    if labels.device.type == "cpu" and backends.has_backend("cpu") and ops.is_eager(labels):
         return torch.ops.dbl._labels_between(labels)
     return bool(((labels < 0) & (labels > -1)).any())
 

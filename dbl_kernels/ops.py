@@ -43,8 +43,10 @@ def is_eager(tensor):
     """True for a real tensor outside any tracing (torch.compile, make_fx, export): then kernels may be
     launched directly, skipping the custom-op and wrap_triton machinery that tracing needs (hundreds
     of microseconds of host time per call on a GPU machine). torch.jit.trace records ops, so it gets
-    the op too (a Python autograd.Function cannot be saved in a traced module)."""
+    the op too (a Python autograd.Function cannot be saved in a traced module); torch.func transforms
+    wrap tensors that have no data pointer."""
     return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch._C._are_functorch_transforms_active()
             and type(tensor) in (torch.Tensor, torch.nn.Parameter) and torch._C._len_torch_dispatch_stack() == 0)
 
 
