@@ -99,26 +99,26 @@ DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restric
 }
 
 // Row statistics of k labels: count += sum y+, stat += sum y+ tbl (STAT_SUM) or
-// stat = min(stat, min over y+ > 0 of tbl) (STAT_MIN); kStatSumNoCount is STAT_SUM for rebalance,
+// stat = max(stat, max over y+ > 0 of tbl) (STAT_MAX); kStatSumNoCount is STAT_SUM for rebalance,
 // whose weight needs no count. b0 and b1 are kChunk-slot scratch buffers.
 constexpr int kStatSumNoCount = 100;
 
 template <class T, int KIND>
 DBL_INLINE void stats_body(int64_t k, const T* __restrict y, const T* __restrict tbl, T* __restrict b0,
                            T* __restrict b1, double& count, double& stat) {
-  T mn = std::numeric_limits<T>::infinity();
+  T mx = T(0);  // the table values (CB weights) are positive
   for (int64_t j = 0; j < k; ++j) {
     const T yp = y[j] > T(0) ? y[j] : T(0);
     b0[j] = yp;
-    if (KIND == STAT_MIN) {
-      const T v = yp > T(0) ? tbl[j] : std::numeric_limits<T>::infinity();
-      mn = v < mn ? v : mn;  // a min is exact in any order
+    if (KIND == STAT_MAX) {
+      const T v = yp > T(0) ? tbl[j] : T(0);
+      mx = v > mx ? v : mx;  // a max is exact in any order
     } else {
       b1[j] = yp * tbl[j];
     }
   }
   if (KIND != kStatSumNoCount) count += lane_sum(k, b0);
-  if (KIND == STAT_MIN) stat = std::min(stat, static_cast<double>(mn));
+  if (KIND == STAT_MAX) stat = std::max(stat, static_cast<double>(mx));
   else stat += lane_sum(k, b1);
 }
 
@@ -181,7 +181,7 @@ using ConvertFn = void (*)(int64_t, const void*, void*);
 template <class T>
 struct Loops {
   MathFn<T> math_binary, math_soft;
-  StatsFn<T> stats_sum, stats_min, stats_sum_no_count;
+  StatsFn<T> stats_sum, stats_max, stats_sum_no_count;
   SoftFn<T> soft;
   ConvertFn grad_out;  // T -> logits dtype (null when it is T)
   ConvertFn z_in, y_in;  // input dtype -> T (null when already T)
@@ -199,7 +199,7 @@ struct IsaLoops;
       return &NS::math<T, REBAL, FOCAL, LABELS, GRAD>;                                                    \
     }                                                                                                     \
     static StatsFn<T> stats_sum() { return &NS::stats<T, STAT_SUM>; }                                     \
-    static StatsFn<T> stats_min() { return &NS::stats<T, STAT_MIN>; }                                     \
+    static StatsFn<T> stats_max() { return &NS::stats<T, STAT_MAX>; }                                     \
     static StatsFn<T> stats_sum_no_count() { return &NS::stats<T, kStatSumNoCount>; }                     \
     static SoftFn<T> soft() { return &NS::soft<T>; }                                                      \
     template <class S>                                                                                    \
@@ -268,7 +268,7 @@ Loops<T> make_loops(const Spec<T>& s, bool need_grad, at::ScalarType zt, at::Sca
   f.math_binary = pick_math<T, L>(rebal, s.focal, LABELS_BINARY, need_grad);
   f.math_soft = pick_math<T, L>(rebal, s.focal, LABELS_SOFT, need_grad);
   f.stats_sum = L::stats_sum();
-  f.stats_min = L::stats_min();
+  f.stats_max = L::stats_max();
   f.stats_sum_no_count = L::stats_sum_no_count();
   f.soft = L::soft();
   f.grad_out = from_compute<T, L>(zt);
@@ -397,9 +397,9 @@ class Runner {
   // Row weight parameters from the row statistics; y holds the row's labels as T, or is null
   // (then they are converted chunk by chunk into sc).
   RowWeight<T> row_weight_of(int64_t i, const T* y, int64_t c0, int64_t c1, Scratch<T>* sc) const {
-    double count = 0, stat = stat_kind_ == STAT_MIN ? std::numeric_limits<double>::infinity() : 0.0;
+    double count = 0, stat = 0;
     if (stat_kind_ != STAT_NONE) {
-      const StatsFn<T> fn = stat_kind_ == STAT_MIN ? loops_.stats_min
+      const StatsFn<T> fn = stat_kind_ == STAT_MAX ? loops_.stats_max
                             : p_.spec.reweight == RW_REBALANCE ? loops_.stats_sum_no_count : loops_.stats_sum;
       for (int64_t c = c0; c < c1; c += kChunk) {  // fp32 lanes, flushed to double every chunk
         const int64_t k = std::min(kChunk, c1 - c);
@@ -514,10 +514,10 @@ std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at:
                                              const std::optional<at::Tensor>& weight, const at::Tensor& class_params,
                                              const at::Tensor& aux, int64_t reweight_mode, int64_t weight_norm,
                                              bool logit_reg, bool focal, int64_t reduction, double map_alpha,
-                                             double map_beta, double map_gamma, double cb_beta, double neg_scale,
+                                             double map_beta, double map_gamma, double cb_log_beta, double neg_scale,
                                              double gamma, double scale, double w_max, bool need_grad) {
   const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
-                    cb_beta, neg_scale, gamma, scale, w_max, need_grad};
+                    cb_log_beta, neg_scale, gamma, scale, w_max, need_grad};
   Prepared p = prepare(logits, labels, weight, class_params, aux, s);
   if (p.compute == at::kDouble) run_cpu<double>(p, s);
   else run_cpu<float>(p, s);

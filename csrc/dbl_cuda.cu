@@ -146,15 +146,15 @@ __device__ __forceinline__ double block_sum(double v) {
   return total;
 }
 
-__device__ __forceinline__ double block_min(double v) {
-  __shared__ double warp_mins[kThreads / 32];
+__device__ __forceinline__ double block_max(double v) {
+  __shared__ double warp_maxs[kThreads / 32];
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmin(v, __shfl_down_sync(kFullMask, v, off));
-  if (threadIdx.x % 32 == 0) warp_mins[threadIdx.x / 32] = v;
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_down_sync(kFullMask, v, off));
+  if (threadIdx.x % 32 == 0) warp_maxs[threadIdx.x / 32] = v;
   __syncthreads();
   double m = v;
   if (threadIdx.x == 0) {
-    for (int i = 0; i < kThreads / 32; ++i) m = fmin(m, warp_mins[i]);
+    for (int i = 0; i < kThreads / 32; ++i) m = fmax(m, warp_maxs[i]);
   }
   return m;
 }
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 3) fused_kernel
     const void* yrow = static_cast<const char*>(a.y) + row * a.ldy * a.y_size;
 
     // Row statistics: a first pass over the labels (the second pass reads them from L1/L2).
-    T count = T(0), stat = stat_kind == STAT_MIN ? T(INFINITY) : T(0);
+    T count = T(0), stat = T(0);
     if (a.stats_mode == STATS_IN_GROUP) {
       for (int64_t c = col0 + static_cast<int64_t>(lane) * V; c < col_end; c += stride) {
         T yv[V];
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 3) fused_kernel
           if (yp > T(0)) {  // only real columns can hold a positive
             const T t = tbl[c + e];
             count += yp;
-            stat = stat_kind == STAT_MIN ? (t < stat ? t : stat) : stat + yp * t;
+            stat = stat_kind == STAT_MAX ? (t > stat ? t : stat) : stat + yp * t;
           }
         }
       }
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 3) fused_kernel
       for (int off = G / 2; off > 0; off >>= 1) {
         count += __shfl_xor_sync(kFullMask, count, off);
         const T other = __shfl_xor_sync(kFullMask, stat, off);
-        stat = stat_kind == STAT_MIN ? (other < stat ? other : stat) : stat + other;
+        stat = stat_kind == STAT_MAX ? (other > stat ? other : stat) : stat + other;
       }
     } else if (a.stats_mode == STATS_PRECOMPUTED && active) {
       count = static_cast<T>(a.row_stats[2 * row]);
@@ -292,7 +292,7 @@ __device__ __forceinline__ void row_stats_loop(const void* yrow, const T* tbl, i
     const T yp = yv > T(0) ? yv : T(0);
     if (yp > T(0)) {
       count += static_cast<double>(yp);
-      stat = stat_kind == STAT_MIN ? fmin(stat, static_cast<double>(tbl[c])) : stat + static_cast<double>(yp * tbl[c]);
+      stat = stat_kind == STAT_MAX ? fmax(stat, static_cast<double>(tbl[c])) : stat + static_cast<double>(yp * tbl[c]);
     }
   }
 }
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const void* y, int 
                                                              const T* tbl, int stat_kind, int64_t C, double* out) {
   const int64_t row = blockIdx.x;
   const void* yrow = static_cast<const char*>(y) + row * ldy * y_size;
-  double count = 0, stat = stat_kind == STAT_MIN ? INFINITY : 0.0;
+  double count = 0, stat = 0.0;
   switch (y_dtype) {
     case kU8: row_stats_loop<uint8_t, T>(yrow, tbl, stat_kind, C, count, stat); break;
     case kI8: row_stats_loop<int8_t, T>(yrow, tbl, stat_kind, C, count, stat); break;
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(kThreads) row_stats_kernel(const void* y, int 
   }
   const double total = block_sum<kThreads>(count);
   __syncthreads();
-  const double s = stat_kind == STAT_MIN ? block_min(stat) : block_sum<kThreads>(stat);
+  const double s = stat_kind == STAT_MAX ? block_max(stat) : block_sum<kThreads>(stat);
   if (threadIdx.x == 0) {
     out[2 * row] = total;
     out[2 * row + 1] = s;
@@ -400,7 +400,7 @@ template <class T>
 Spec<T> host_spec(const FusedLaunch& a) {
   // grad scale and batch max are read from aux on the device
   return make_spec<T>(a.reweight, a.weight_norm, a.logit_reg, a.focal, a.map_alpha, a.map_beta, a.map_gamma,
-                      a.cb_beta, a.neg_scale, a.gamma, a.scale, a.w_max, T(1), T(1));
+                      a.cb_log_beta, a.neg_scale, a.gamma, a.scale, a.w_max, T(1), T(1));
 }
 
 template <class T>

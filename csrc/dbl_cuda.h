@@ -28,7 +28,7 @@ struct FusedLaunch {
   int64_t N, C;
   int reweight, weight_norm, reduction;
   bool logit_reg, focal, need_grad;
-  double map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max;
+  double map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max;
 };
 
 // Bytes of device scratch the launch needs (partial sums, row statistics of wide rows).

@@ -35,11 +35,11 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
                                               const std::optional<at::Tensor>& weight, const at::Tensor& class_params,
                                               const at::Tensor& aux, int64_t reweight_mode, int64_t weight_norm,
                                               bool logit_reg, bool focal, int64_t reduction, double map_alpha,
-                                              double map_beta, double map_gamma, double cb_beta, double neg_scale,
+                                              double map_beta, double map_gamma, double cb_log_beta, double neg_scale,
                                               double gamma, double scale, double w_max, bool need_grad) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
-                    cb_beta, neg_scale, gamma, scale, w_max, need_grad};
+                    cb_log_beta, neg_scale, gamma, scale, w_max, need_grad};
   TORCH_CHECK(reduction != RED_MEAN_COUNTED, "dbl::fused: reduction 3 (a mean counted by the op) is CPU-only; "
               "pass reduction 2 with aux[0] = 1 / count");
   Prepared p = prepare(logits, labels, weight, class_params, aux, s);
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
   a.map_alpha = map_alpha;
   a.map_beta = map_beta;
   a.map_gamma = map_gamma;
-  a.cb_beta = cb_beta;
+  a.cb_log_beta = cb_log_beta;
   a.neg_scale = neg_scale;
   a.gamma = gamma;
   a.scale = scale;

@@ -168,16 +168,12 @@ DBL_HD double fexp_nonpos(double x) { return ::exp(x); }
 DBL_HD double fexpm1(double x) { return ::expm1(x); }
 DBL_HD double flog1p01(double e) { return ::log1p(e); }
 DBL_HD double flog(double v) { return ::log(v); }
-DBL_HD float fpow(float b, float e) { return ::powf(b, e); }
-DBL_HD double fpow(double b, double e) { return ::pow(b, e); }
 #else
 DBL_HD double fexp(double x) { return std::exp(x); }
 DBL_HD double fexp_nonpos(double x) { return std::exp(x); }
 DBL_HD double fexpm1(double x) { return std::expm1(x); }
 DBL_HD double flog1p01(double e) { return std::log1p(e); }
 DBL_HD double flog(double v) { return std::log(v); }
-DBL_HD float fpow(float b, float e) { return std::pow(b, e); }
-DBL_HD double fpow(double b, double e) { return std::pow(b, e); }
 #endif
 
 template <class T> DBL_HD T sigmoid(T t) { return T(1) / (T(1) + fexp(-t)); }
@@ -191,7 +187,7 @@ struct Spec {
   int weight_norm;   // Norm
   T logit_reg;       // 1 or 0 (a float flag keeps the element loop free of control flow)
   int focal;         // Focal
-  T map_alpha, map_beta, map_gamma, cb_beta;
+  T map_alpha, map_beta, map_gamma, cb_log_beta;
   T lam, inv_lam;    // NTR negative scale and its reciprocal
   T gamma;           // focal exponent
   T scale;           // balance_param * loss_weight (focal) or loss_weight
@@ -209,7 +205,7 @@ DBL_HD int focal_kind(bool focal, T gamma) {
 // The Spec of one launch from the op's scalar arguments (shared by the CPU and CUDA glue).
 template <class T>
 inline Spec<T> make_spec(int reweight, int weight_norm, bool logit_reg, bool focal, double map_alpha,
-                         double map_beta, double map_gamma, double cb_beta, double neg_scale, double gamma,
+                         double map_beta, double map_gamma, double cb_log_beta, double neg_scale, double gamma,
                          double scale, double w_max, T grad_scale, T inv_batch_max) {
   Spec<T> sp{};
   sp.reweight = reweight;
@@ -219,7 +215,7 @@ inline Spec<T> make_spec(int reweight, int weight_norm, bool logit_reg, bool foc
   sp.map_alpha = static_cast<T>(map_alpha);
   sp.map_beta = static_cast<T>(map_beta);
   sp.map_gamma = static_cast<T>(map_gamma);
-  sp.cb_beta = static_cast<T>(cb_beta);
+  sp.cb_log_beta = static_cast<T>(cb_log_beta);
   sp.lam = static_cast<T>(neg_scale);
   sp.inv_lam = static_cast<T>(1.0 / neg_scale);
   sp.gamma = static_cast<T>(gamma);
@@ -231,26 +227,29 @@ inline Spec<T> make_spec(int reweight, int weight_norm, bool logit_reg, bool foc
 }
 
 // Which row statistic a reweight mode needs: none, sums (count and sum of y+ * table row), or
-// the minimum frequency over the row's positives.
-enum RowStatKind { STAT_NONE = 0, STAT_SUM = 1, STAT_MIN = 2 };
+// the largest per-class CB weight over the row's positives (CB is decreasing in n, so that is
+// the CB weight of the rarest positive class, computed in float64 on the host).
+enum RowStatKind { STAT_NONE = 0, STAT_SUM = 1, STAT_MAX = 2 };
 
 DBL_HD int row_stat_kind(int reweight) {
   switch (reweight) {
     case RW_REBALANCE:
     case RW_CB_AVG_W:
     case RW_CB_AVG_N: return STAT_SUM;
-    case RW_CB_MIN_N: return STAT_MIN;
+    case RW_CB_MIN_N: return STAT_MAX;
     default: return STAT_NONE;
   }
 }
 
 // The class_params row that the row sum runs over.
 DBL_HD int row_stat_param(int reweight) {
-  return reweight == RW_REBALANCE ? P_INV_FREQ : (reweight == RW_CB_AVG_W ? P_CLASS_W : P_FREQ);
+  return reweight == RW_REBALANCE ? P_INV_FREQ : (reweight == RW_CB_AVG_N ? P_FREQ : P_CLASS_W);
 }
 
-// Class-balanced weight (1 - beta) / (1 - beta^n), for the CB row modes.
-template <class T> DBL_HD T cb_weight(T n, T beta) { return (T(1) - beta) / (T(1) - fpow(beta, n)); }
+// Class-balanced weight (1 - beta) / (1 - beta^n) = expm1(log beta) / expm1(n log beta), for the
+// CB average_n row mode. log beta comes from the host in double: as beta -> 1, 1 - beta in the
+// compute precision would lose digits (1e-4 relative in fp32 at beta = 0.9999).
+template <class T> DBL_HD T cb_weight(T n, T log_beta) { return fexpm1(log_beta) / fexpm1(n * log_beta); }
 
 // Rebalance weight before normalisation: alpha + sigmoid(beta * ((1/n_j) / r_i - gamma)), with
 // 1 / r_i precomputed per row (r_i = 0, a row without positives, gives inf and weight alpha + 1).
@@ -266,7 +265,7 @@ struct RowWeight {
   T a, b;  // other modes: linear in the per-class weight
 };
 
-// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or min_{y+_ij > 0} n_j (STAT_MIN).
+// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX).
 template <class T>
 DBL_HD RowWeight<T> row_weight(T count, T stat, const Spec<T>& s) {
   RowWeight<T> w;
@@ -285,8 +284,8 @@ DBL_HD RowWeight<T> row_weight(T count, T stat, const Spec<T>& s) {
   if (row_mode && count > T(0)) {
     T row;
     if (s.reweight == RW_CB_AVG_W) row = stat / count;
-    else if (s.reweight == RW_CB_AVG_N) row = cb_weight(stat / count, s.cb_beta);
-    else row = cb_weight(stat, s.cb_beta);
+    else if (s.reweight == RW_CB_AVG_N) row = cb_weight(stat / count, s.cb_log_beta);
+    else row = stat;
     w.b = s.weight_norm == NORM_INSTANCE ? row / row : row * batch;  // a constant row: max is itself
     return w;
   }

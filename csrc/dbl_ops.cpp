@@ -18,7 +18,7 @@ TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def(
       "fused(Tensor logits, Tensor labels, Tensor? weight, Tensor class_params, Tensor aux, int reweight_mode, "
       "int weight_norm, bool logit_reg, bool focal, int reduction, float map_alpha, float map_beta, "
-      "float map_gamma, float cb_beta, float neg_scale, float gamma, float scale, float w_max, bool need_grad) "
+      "float map_gamma, float cb_log_beta, float neg_scale, float gamma, float scale, float w_max, bool need_grad) "
       "-> (Tensor, Tensor)");
 #ifdef DBL_WITH_CUDA
   m.def("scale_grad_cuda_(Tensor(a!) grad, Tensor grad_output) -> ()");

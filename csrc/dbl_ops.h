@@ -15,7 +15,7 @@ struct OpScalars {
   int64_t reweight_mode, weight_norm;
   bool logit_reg, focal;
   int64_t reduction;
-  double map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max;
+  double map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max;
   bool need_grad;
 };
 
@@ -97,7 +97,7 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
 template <class T>
 Spec<T> make_spec(const OpScalars& s, T grad_scale, T inv_batch_max) {
   return make_spec<T>(static_cast<int>(s.reweight_mode), static_cast<int>(s.weight_norm), s.logit_reg, s.focal,
-                      s.map_alpha, s.map_beta, s.map_gamma, s.cb_beta, s.neg_scale, s.gamma, s.scale, s.w_max,
+                      s.map_alpha, s.map_beta, s.map_gamma, s.cb_log_beta, s.neg_scale, s.gamma, s.scale, s.w_max,
                       grad_scale, inv_batch_max);
 }
 

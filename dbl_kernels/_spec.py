@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import ops
+from . import reference
+from ._tracing import is_eager
 from .reference import LossConfig, compute_dtype
 
 INV_FREQ, CLASS_W, FREQ, BIAS = range(4)
@@ -57,7 +58,7 @@ class KernelSpec:
     map_alpha: float
     map_beta: float
     map_gamma: float
-    cb_beta: float
+    cb_log_beta: float
     neg_scale: float
     gamma: float
     scale: float   # balance_param * loss_weight (focal) or loss_weight
@@ -75,20 +76,15 @@ def _reweight_mode(cfg: LossConfig):
 
 
 def class_params(class_freq: np.ndarray, train_num: float, cfg: LossConfig) -> np.ndarray:
-    """The 4 x C per-class table in float64, computed on the host once per loss object."""
-    n = np.asarray(class_freq, dtype=np.float64)
-    table = np.empty((4, n.shape[0]), dtype=np.float64)
+    """The 4 x C per-class table in float64, from the reference's own per-class functions; computed
+    on the host once per loss object and cast once to the compute dtype."""
+    n = torch.as_tensor(np.asarray(class_freq, dtype=np.float64))
+    table = torch.empty((4, n.shape[0]), dtype=torch.float64)
     table[INV_FREQ] = 1.0 / n
     table[FREQ] = n
-    if cfg.reweight in ("inv", "sqrt_inv"):
-        table[CLASS_W] = train_num / n if cfg.reweight == "inv" else np.sqrt(train_num / n)
-    elif cfg.reweight == "CB":
-        table[CLASS_W] = (1.0 - cfg.cb_beta) / (1.0 - np.power(cfg.cb_beta, n))
-    else:
-        table[CLASS_W] = 1.0
-    bias = -np.log(train_num / n - 1.0) * cfg.init_bias
-    table[BIAS] = (bias / cfg.neg_scale if cfg.ntr_bias == "official" else bias) if cfg.logit_reg else 0.0
-    return table
+    table[CLASS_W] = reference.class_weight(n, train_num, cfg)
+    table[BIAS] = reference.ntr_bias(n, train_num, cfg) if cfg.logit_reg else 0.0
+    return table.numpy()
 
 
 def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
@@ -104,7 +100,7 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
         weight_norm={None: NORM_NONE, "by_instance": NORM_INSTANCE, "by_batch": NORM_BATCH}[cfg.weight_norm],
         logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=_REDUCTIONS[cfg.reduction],
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
-        cb_beta=float(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
+        cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
         gamma=float(cfg.gamma),
         scale=float(cfg.balance_param * cfg.loss_weight if cfg.focal else cfg.loss_weight),
         w_max=w_max,
@@ -149,7 +145,7 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     dtype, device = compute_dtype(logits), logits.device
     host_scale = 1.0 if spec.reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
     by_batch = spec.weight_norm == NORM_BATCH
-    if host_scale is not None and not by_batch and ops.is_eager(logits):
+    if host_scale is not None and not by_batch and is_eager(logits):
         return _constant_aux(host_scale, dtype, device)
     if host_scale is not None:
         scale = torch.full((), host_scale, dtype=dtype, device=device)
@@ -158,9 +154,7 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     else:
         scale = 1.0 / (labels != -1).sum().to(dtype)
     if by_batch and labels.numel():
-        from . import reference
-
-        w = reference.reweight(labels.to(dtype), class_freq.to(device=device, dtype=dtype), train_num, cfg)
+        w = reference.reweight(labels.to(dtype), class_freq.to(device=device, dtype=torch.float64), train_num, cfg)
         inv_norm = 1.0 / w.amax()
     else:
         inv_norm = torch.ones((), dtype=dtype, device=device)

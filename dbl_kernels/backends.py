@@ -120,11 +120,3 @@ def fused_op(backend):
         return _triton().fused
     return _cpp().fused
 
-
-def cuda_scale_kernel():
-    """A device-side ``grad *= grad_output unless grad_output == 1`` for CUDA, if one is built."""
-    if _triton() is not None and torch.cuda.is_available():
-        return _triton().scale_grad
-    if _cpp() is not None and _cpp().has_cuda():
-        return _cpp().scale_grad
-    return None

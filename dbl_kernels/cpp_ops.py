@@ -10,9 +10,6 @@ import torch
 from . import _C  # noqa: F401  (static registration of the dbl::fused schema and kernels)
 from . import ops
 
-fused = torch.ops.dbl.fused.default
-ops.register(fused)
-
 # Plain bools, decided once: backends.py consults them inside code that torch.compile traces.
 _HAS_CUDA = hasattr(torch.ops.dbl, "scale_grad_cuda_")  # registered only by a CUDA build
 
@@ -29,3 +26,7 @@ def has_cuda() -> bool:
 def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
     """``grad *= grad_output`` in place on the GPU; a no-op decided on the device when it is 1.0."""
     torch.ops.dbl.scale_grad_cuda_(grad, grad_output)
+
+
+fused = torch.ops.dbl.fused.default
+ops.register(fused, device_scale=scale_grad if _HAS_CUDA else None)

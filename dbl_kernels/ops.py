@@ -7,16 +7,19 @@ when it is exactly 1.0 (a plain ``loss.backward()``), so no second pass over the
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._spec import REDUCTION_NONE
+from ._tracing import is_eager
 from .reference import compute_dtype
 
 # Argument positions shared by every fused op's schema (see _spec.py):
 # (logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal, reduction,
-#  map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max, need_grad)
+#  map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max, need_grad)
 OP_ARG_NAMES = ("logits", "labels", "weight", "class_params", "aux", "reweight_mode", "weight_norm",
-                "logit_reg", "focal", "reduction", "map_alpha", "map_beta", "map_gamma", "cb_beta",
+                "logit_reg", "focal", "reduction", "map_alpha", "map_beta", "map_gamma", "cb_log_beta",
                 "neg_scale", "gamma", "scale", "w_max", "need_grad")
 _NEED_GRAD = OP_ARG_NAMES.index("need_grad")
 
@@ -24,11 +27,11 @@ _NEED_GRAD = OP_ARG_NAMES.index("need_grad")
 def op_args(logits, labels, weight, class_params, aux, spec, need_grad):
     return (logits, labels, weight, class_params, aux, spec.reweight_mode, spec.weight_norm,
             spec.logit_reg, spec.focal, spec.reduction, spec.map_alpha, spec.map_beta, spec.map_gamma,
-            spec.cb_beta, spec.neg_scale, spec.gamma, spec.scale, spec.w_max, need_grad)
+            spec.cb_log_beta, spec.neg_scale, spec.gamma, spec.scale, spec.w_max, need_grad)
 
 
 def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal,
-               reduction, map_alpha, map_beta, map_gamma, cb_beta, neg_scale, gamma, scale, w_max,
+               reduction, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max,
                need_grad):
     """Shapes and dtypes only: what torch.compile traces."""
     dtype = compute_dtype(logits)
@@ -39,31 +42,23 @@ def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_
     return loss, grad
 
 
-def is_eager(tensor):
-    """True for a real tensor outside any tracing (torch.compile, make_fx, export): then kernels may be
-    launched directly, skipping the custom-op and wrap_triton machinery that tracing needs (hundreds
-    of microseconds of host time per call on a GPU machine). torch.jit.trace records ops, so it gets
-    the op too (a Python autograd.Function cannot be saved in a traced module); torch.func transforms
-    wrap tensors that have no data pointer."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch._C._are_functorch_transforms_active()
-            and type(tensor) in (torch.Tensor, torch.nn.Parameter) and torch._C._len_torch_dispatch_stack() == 0)
+# The device-side gradient scale of each registered op, handed down by its backend (register):
+# op name -> fn(grad, grad_output) that scales a CUDA gradient in place and returns at once,
+# on the device, when grad_output is 1.0.
+_DEVICE_SCALE = {}
 
 
 @torch.library.custom_op("dbl::scale_grad_", mutates_args=("grad",))
-def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
-    """grad *= grad_output, skipped on the device when grad_output is a scalar 1.0."""
-    _scale_grad(grad, grad_output)
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, op_name: str = "") -> None:
+    """grad *= grad_output, skipped on the device when grad_output is a scalar 1.0 (with the
+    scale kernel of the backend that registered op ``op_name``)."""
+    _scale_grad(grad, grad_output, _DEVICE_SCALE.get(op_name))
 
 
-def _scale_grad(grad, grad_output):
-    if grad_output.numel() == 1 and grad.is_cuda:
-        from . import backends
-
-        kernel = backends.cuda_scale_kernel()
-        if kernel is not None:
-            kernel(grad, grad_output)
-            return
+def _scale_grad(grad, grad_output, device_scale):
+    if grad_output.numel() == 1 and grad.is_cuda and device_scale is not None:
+        device_scale(grad, grad_output)
+        return
     if grad_output.numel() == 1 and grad_output.device.type == "cpu":
         if grad_output.reshape(()).tolist() == 1.0:  # a CPU scalar: no device to wait for
             return
@@ -71,7 +66,7 @@ def _scale_grad(grad, grad_output):
 
 
 @scale_grad_.register_fake
-def _(grad, grad_output):
+def _(grad, grad_output, op_name=""):
     return None
 
 
@@ -85,16 +80,16 @@ def _setup_context(ctx, inputs, output):
     ctx.used = False
 
 
-def _backward(ctx, grad_loss, _grad_of_grad):
+def _backward(op_name, ctx, grad_loss, _grad_of_grad):
     if not ctx.has_grad:
         raise RuntimeError("dbl_kernels: the loss was computed without a gradient buffer "
                            "(logits did not require grad when the loss ran)")
     if grad_loss is None:
         return (None,) * ctx.n_inputs
-    return (_scaled_grad(ctx, grad_loss),) + (None,) * (ctx.n_inputs - 1)
+    return (_scaled_grad(ctx, grad_loss, op_name),) + (None,) * (ctx.n_inputs - 1)
 
 
-def _scaled_grad(ctx, grad_loss):
+def _scaled_grad(ctx, grad_loss, op_name):
     """The saved gradient buffer times grad_loss, in place (first derivatives, one backward only)."""
     if ctx.used:
         raise RuntimeError(
@@ -107,7 +102,10 @@ def _scaled_grad(ctx, grad_loss):
             "create_graph=True asks for second ones); use backend='reference' for double backward.")
     ctx.used = True
     (grad,) = ctx.saved_tensors
-    (_scale_grad if is_eager(grad) else scale_grad_)(grad, grad_loss)
+    if is_eager(grad):
+        _scale_grad(grad, grad_loss, _DEVICE_SCALE.get(op_name))
+    else:
+        scale_grad_(grad, grad_loss, op_name)
     return grad
 
 
@@ -123,11 +121,12 @@ class _EagerFused(torch.autograd.Function):
             loss, grad = op(*args)
         ctx.save_for_backward(grad)
         ctx.used = False
+        ctx.op_name = _OP_NAMES.get(op, "")
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        return (None, _scaled_grad(ctx, grad_loss)) + (None,) * (len(OP_ARG_NAMES) - 1)
+        return (None, _scaled_grad(ctx, grad_loss, ctx.op_name)) + (None,) * (len(OP_ARG_NAMES) - 1)
 
 
 def call(op, args):
@@ -141,7 +140,17 @@ def call(op, args):
     return op(*args)[0]
 
 
-def register(op):
-    """Attach the shared fake kernel and autograd formula to a fused op (C++ or Triton)."""
+_OP_NAMES = {}
+
+
+def register(op, device_scale=None):
+    """Attach the shared fake kernel and autograd formula to a fused op (C++ or Triton).
+
+    ``device_scale(grad, grad_output)``: the backend's own in-place scale of a CUDA gradient by a
+    one-element ``grad_output``, read on the device (a no-op when it is 1.0); None: torch's mul_.
+    """
+    name = op.name() if isinstance(op, torch._ops.OpOverload) else op._qualname
+    _OP_NAMES[op] = name
+    _DEVICE_SCALE[name] = device_scale
     torch.library.register_fake(op)(fake_fused)
-    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(op, functools.partial(_backward, name), setup_context=_setup_context)

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.autograd import forward_ad
+
+from ._tracing import transformed
 
 REWEIGHTS = ("rebalance", "CB", "inv", "sqrt_inv", None)
 CB_MODES = ("by_class", "average_w", "average_n", "min_n")
@@ -82,16 +83,31 @@ def _choice(name, value, allowed):
 
 
 # --------------------------------------------------------------------------------------------
-# Class statistics as per-class tensors (the kernels receive exactly these).
+# Class statistics as per-class tensors, computed in float64 from the counts and cast once to the
+# compute dtype (in fp32, 1 - cb_beta alone is off by 1e-4 relative for cb_beta = 0.9999). The
+# kernels' class table (_spec.class_params) is built from these same functions.
 # --------------------------------------------------------------------------------------------
 def class_balanced_weight(n, cb_beta):
-    """Cui et al.'s effective-number weight (1 - beta) / (1 - beta^n)."""
-    return (1.0 - cb_beta) / (1.0 - torch.pow(torch.as_tensor(cb_beta, dtype=n.dtype, device=n.device), n))
+    """Cui et al.'s effective-number weight (1 - beta) / (1 - beta^n), in float64."""
+    n = n.to(torch.float64)
+    return (1.0 - cb_beta) / (1.0 - torch.pow(torch.tensor(cb_beta, dtype=torch.float64, device=n.device), n))
+
+
+def class_weight(class_freq, train_num, cfg: LossConfig):
+    """The per-class weight of the class-vector re-weightings: T/n_j, sqrt(T/n_j), CB(n_j), else 1."""
+    n = class_freq.to(torch.float64)
+    if cfg.reweight == "inv":
+        return train_num / n
+    if cfg.reweight == "sqrt_inv":
+        return (train_num / n).sqrt()
+    if cfg.reweight == "CB":
+        return class_balanced_weight(n, cfg.cb_beta)
+    return torch.ones_like(n)
 
 
 def ntr_bias(class_freq, train_num, cfg: LossConfig):
     """b_j = -log(T/n_j - 1) * kappa [/ lambda]: starts each logit at the class prior."""
-    bias = -torch.log(train_num / class_freq - 1.0) * cfg.init_bias
+    bias = -torch.log(train_num / class_freq.to(torch.float64) - 1.0) * cfg.init_bias
     return bias / cfg.neg_scale if cfg.ntr_bias == "official" else bias
 
 
@@ -114,7 +130,7 @@ def rebalance_weight(labels, class_freq, cfg: LossConfig):
     (1/n_j)/r_i is the ratio of the class-level sampling probability to the instance-level one
     under class-aware re-sampling; a row with no positive has r_i = 0 and so weight alpha + 1.
     """
-    inv_freq = 1.0 / class_freq
+    inv_freq = (1.0 / class_freq.to(torch.float64)).to(labels.dtype)
     repeat_rate = (positives(labels) * inv_freq).sum(dim=1, keepdim=True)
     return torch.sigmoid(cfg.map_beta * (inv_freq / repeat_rate - cfg.map_gamma)) + cfg.map_alpha
 
@@ -125,27 +141,26 @@ def cb_weight(labels, class_freq, cfg: LossConfig):
     A row without any positive has nothing to average over: it falls back to the per-class weight
     (the authors' code returns NaN there for average_w / average_n).
     """
-    per_class = class_balanced_weight(class_freq, cfg.cb_beta).expand_as(labels)
+    dtype = labels.dtype
+    per_class = class_balanced_weight(class_freq, cfg.cb_beta).to(dtype).expand_as(labels)
     if cfg.cb_mode == "by_class":
         return per_class
     pos = positives(labels)
     count = pos.sum(dim=1, keepdim=True)
+    n = class_freq.to(dtype)
     if cfg.cb_mode == "average_w":
         row = (pos * per_class).sum(dim=1, keepdim=True) / count
     elif cfg.cb_mode == "average_n":
-        row = class_balanced_weight((pos * class_freq).sum(dim=1, keepdim=True) / count, cfg.cb_beta)
+        row = class_balanced_weight((pos * n).sum(dim=1, keepdim=True) / count, cfg.cb_beta).to(dtype)
     else:  # min_n: the rarest positive class sets the row's weight
-        min_n = torch.where(pos > 0, class_freq.expand_as(labels), torch.inf).amin(dim=1, keepdim=True)
-        row = class_balanced_weight(min_n, cfg.cb_beta)
+        min_n = torch.where(pos > 0, n.expand_as(labels), torch.inf).amin(dim=1, keepdim=True)
+        row = class_balanced_weight(min_n, cfg.cb_beta).to(dtype)
     return torch.where(count > 0, row.expand_as(labels), per_class)
 
 
 def inverse_weight(labels, class_freq, train_num, cfg: LossConfig):
     """Re-weighting by inverse frequency T/n_j, or its square root."""
-    weight = train_num / class_freq
-    if cfg.reweight == "sqrt_inv":
-        weight = weight.sqrt()
-    return weight.expand_as(labels)
+    return class_weight(class_freq, train_num, cfg).to(labels.dtype).expand_as(labels)
 
 
 def reweight(labels, class_freq, train_num, cfg: LossConfig):
@@ -255,16 +270,6 @@ class _FocalBCETransformable(torch.autograd.Function):
         return _focal_derivative(x, y, loss, modulator, ctx.gamma) * x_tangent, None, None
 
 
-def transformed(*tensors):
-    """Whether a torch.func transform is active, or one of tensors carries a forward-mode tangent."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch._C._are_functorch_transforms_active():
-        return True
-    return forward_ad._current_level >= 0 and any(
-        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
-
-
 def focal_bce(logits, labels, cfg: LossConfig):
     if not cfg.focal:
         return bce(logits, labels)
@@ -300,9 +305,9 @@ def distribution_balanced_loss(logits, labels, class_freq, train_num, cfg: LossC
     dtype = compute_dtype(logits)
     z = logits.to(dtype)
     y = labels.to(dtype)
-    n = class_freq.to(device=z.device, dtype=dtype)
+    n = class_freq.to(device=z.device, dtype=torch.float64)
     w = normalize(reweight(y, n, train_num, cfg), cfg)
-    x, w = negative_tolerant(z, w, y, ntr_bias(n, train_num, cfg), cfg)
+    x, w = negative_tolerant(z, w, y, ntr_bias(n, train_num, cfg).to(dtype), cfg)
     loss = focal_bce(x, positives(y), cfg) * w * cfg.loss_weight
     if weight is not None:
         loss = loss * weight.to(dtype)

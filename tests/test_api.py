@@ -320,3 +320,22 @@ def test_label_check_on_request_under_torch_compile(backend):
     z, y = _inputs()
     loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend=backend, validate_labels=True)
     torch.testing.assert_close(torch.compile(loss_fn)(z, y), loss_fn(z, y))
+
+
+@pytest.mark.parametrize("backend", [b for b in ("reference", "cpu", "triton") if b in dk.available_backends()])
+@pytest.mark.parametrize("cb_mode", ["by_class", "average_w", "average_n", "min_n"])
+@pytest.mark.parametrize("weight_norm", [None, "by_batch"])
+def test_fp32_class_balanced_weights_match_a_float64_oracle(backend, cb_mode, weight_norm):
+    # In fp32, 1 - 0.9999 alone is off by 1e-4 relative: the per-class terms must come from float64.
+    stats = dk.ClassStats.preset("coco-mlt")
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(24, stats.num_classes, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(24, stats.num_classes, generator=g) < 0.1).to(torch.uint8)
+    for cb_beta in (0.9, 0.999, 0.9999):
+        for reduction in ("none", "sum"):
+            opts = dict(reweight="CB", cb_mode=cb_mode, cb_beta=cb_beta, weight_norm=weight_norm, reduction=reduction)
+            oracle = dk.DistributionBalancedLoss(stats, backend="reference", **opts)(z, y)
+            loss_fn = dk.DistributionBalancedLoss(stats, backend=backend, **opts)
+            got = loss_fn(z.float(), y).double()
+            err = float((got - oracle).norm() / oracle.norm())
+            assert err < 1e-5, (cb_beta, reduction, err)
