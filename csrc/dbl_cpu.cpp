@@ -484,7 +484,8 @@ int64_t count_known(const Prepared& pr) {
 template <class T>
 void run_cpu(Prepared& pr, const OpScalars& s) {
   T aux[2] = {pr.aux.data_ptr<T>()[0], pr.aux.data_ptr<T>()[1]};
-  if (s.reduction == RED_MEAN_COUNTED) aux[0] = T(1) / static_cast<T>(count_known(pr));  // 1/0: NaN loss, as 0/0
+  // At least 1: a batch whose labels are all unknown gives loss 0 and gradient 0 (as the reference).
+  if (s.reduction == RED_MEAN_COUNTED) aux[0] = T(1) / static_cast<T>(std::max<int64_t>(count_known(pr), 1));
   Problem<T> p;
   p.z = static_cast<const char*>(pr.logits.data_ptr());
   p.zt = pr.logits.scalar_type();

@@ -112,6 +112,12 @@ def may_hold_unknown(labels: torch.Tensor) -> bool:
     return labels.dtype.is_floating_point or labels.dtype.is_signed and labels.dtype != torch.bool
 
 
+def known_count(labels):
+    """The mean's denominator on the device: the labels != -1, at least 1, so a batch whose labels
+    are all unknown gives loss 0 and gradient 0 (as the reference), not 0/0."""
+    return (labels != -1).sum().clamp(min=1)
+
+
 def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
     """The reduction scale when the host knows it (sum/none, or a mean over all N*C entries), else
     None: the mean then divides by avg_factor or by a count of known labels made on the device."""
@@ -119,7 +125,7 @@ def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
         return 1.0
     if avg_factor is not None or (may_hold_unknown(labels) and has_unknown is not False):
         return None
-    return 1.0 / labels.numel() if labels.numel() else math.nan
+    return 1.0 / max(labels.numel(), 1)  # no entry at all: a sum of nothing, 0
 
 
 def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown):
@@ -152,7 +158,7 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     elif avg_factor is not None:
         scale = 1.0 / torch.as_tensor(avg_factor, dtype=dtype, device=device)
     else:
-        scale = 1.0 / (labels != -1).sum().to(dtype)
+        scale = 1.0 / known_count(labels).to(dtype)
     if by_batch and labels.numel():
         w = reference.reweight(labels.to(dtype), class_freq.to(device=device, dtype=torch.float64), train_num, cfg)
         inv_norm = 1.0 / w.amax()

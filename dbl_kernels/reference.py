@@ -284,8 +284,10 @@ def reduce(loss, labels, cfg: LossConfig, avg_factor=None):
     total = loss.sum()
     if cfg.reduction == "sum":
         return total
-    count = known(labels).sum() if avg_factor is None else avg_factor
-    return total / count
+    if avg_factor is not None:
+        return total / avg_factor
+    # at least 1: a batch whose labels are all unknown (or empty) has loss 0 and gradient 0, not 0/0
+    return total / known(labels).sum().clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -339,3 +339,30 @@ def test_fp32_class_balanced_weights_match_a_float64_oracle(backend, cb_mode, we
             got = loss_fn(z.float(), y).double()
             err = float((got - oracle).norm() / oracle.norm())
             assert err < 1e-5, (cb_beta, reduction, err)
+
+
+_ALL_BACKENDS = [b for b in ("reference", "cpu", "triton", "cuda") if b in dk.available_backends()]
+
+
+@pytest.mark.parametrize("backend", _ALL_BACKENDS)
+@pytest.mark.parametrize("labels_dtype", [torch.int8, torch.float32])
+@pytest.mark.parametrize("validate", [None, False])
+def test_mean_over_no_known_label_is_zero_with_zero_gradient(backend, labels_dtype, validate):
+    # Partial-label training makes all-unknown batches real; one NaN step would ruin the model.
+    device = "cuda" if backend == "cuda" else "cpu"
+    model = torch.nn.Linear(8, 20).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend=backend, validate_labels=validate).to(device)
+    x = torch.randn(6, 8, device=device)
+    unknown = torch.full((6, 20), -1, dtype=labels_dtype, device=device)
+    loss = loss_fn(model(x), unknown)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    empty = model(x[:0])
+    assert loss_fn(empty, unknown[:0]).item() == 0.0
+    z = torch.zeros(6, 20, device=device, requires_grad=True)
+    grad, = torch.autograd.grad(loss_fn(z, unknown), z)
+    assert torch.equal(grad, torch.zeros_like(z))

@@ -74,7 +74,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     if n_rows == 0 or n_cols == 0:
         if reduce_none:
             return torch.empty((n_rows, n_cols), dtype=dtype, device=device), grad
-        return aux[0] * 0, grad  # sum: 0; mean: 0 * (1/0 or nan) = nan, as the reference
+        return aux[0] * 0, grad  # a sum of nothing (the mean's scale is finite: at most 1)
     if n_cols > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
     if n_cols > 1 and labels.stride(1) != 1:
