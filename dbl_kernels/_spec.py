@@ -26,7 +26,6 @@ Per element (y known, y+ = max(y, 0), mirrors ``reference``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
 # CPU op only: a mean over the labels != -1 that the op counts itself (aux[0] unused), in a pass far
 # cheaper than torch's (labels != -1).sum() before the call.
 REDUCTION_MEAN_COUNTED = 3
-_REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
+REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def _reweight_mode(cfg: LossConfig):
 def class_params(class_freq: np.ndarray, train_num: float, cfg: LossConfig) -> np.ndarray:
     """The 4 x C per-class table in float64, from the reference's own per-class functions; computed
     on the host once per loss object and cast once to the compute dtype."""
-    n = torch.as_tensor(np.asarray(class_freq, dtype=np.float64))
+    n = torch.tensor(np.asarray(class_freq, dtype=np.float64))  # a copy: the statistics are read-only
     table = torch.empty((4, n.shape[0]), dtype=torch.float64)
     table[INV_FREQ] = 1.0 / n
     table[FREQ] = n
@@ -98,7 +97,7 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
     return KernelSpec(
         reweight_mode=mode,
         weight_norm={None: NORM_NONE, "by_instance": NORM_INSTANCE, "by_batch": NORM_BATCH}[cfg.weight_norm],
-        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=_REDUCTIONS[cfg.reduction],
+        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS[cfg.reduction],
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
         cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
         gamma=float(cfg.gamma),
@@ -129,27 +128,27 @@ def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
 
 
 def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown):
-    """Whether the mean needs a count of the known labels (then the CPU op can make it itself:
-    ``counted_spec``)."""
+    """Whether the mean needs a count of the known labels (then the CPU op can make it itself, as
+    reduction REDUCTION_MEAN_COUNTED)."""
     return avg_factor is None and _host_scale(labels, cfg, avg_factor, has_unknown) is None
 
 
-@functools.lru_cache(maxsize=64)
 def counted_spec(spec: KernelSpec) -> KernelSpec:
     """The spec of a mean whose count the CPU op makes (REDUCTION_MEAN_COUNTED)."""
     return dataclasses.replace(spec, reduction=REDUCTION_MEAN_COUNTED)
 
 
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None):
+             has_unknown=None, reduction=None):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
-    labels known to hold no -1 skip the counting pass of the mean. A ``spec`` with
-    REDUCTION_MEAN_COUNTED gets no count: the op makes it.
+    labels known to hold no -1 skip the counting pass of the mean. ``reduction`` is the op's code
+    (default: the spec's): REDUCTION_MEAN_COUNTED gets no count, the op makes it.
     """
     dtype, device = compute_dtype(logits), logits.device
-    host_scale = 1.0 if spec.reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
+    reduction = spec.reduction if reduction is None else reduction
+    host_scale = 1.0 if reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
     by_batch = spec.weight_norm == NORM_BATCH
     if host_scale is not None and not by_batch and is_eager(logits):
         return _constant_aux(host_scale, dtype, device)

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from . import backends, ops, reference
-from ._spec import class_params, counted_mean, counted_spec, kernel_spec, make_aux
+from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
+from ._tracing import is_eager, transformed
 from .reference import LossConfig
 from .stats import PRESETS, ClassStats
+
+StatsLike = Union[ClassStats, str]
 
 _LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
@@ -180,7 +185,7 @@ class DistributionBalancedLoss(nn.Module):
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
             backend = "reference"  # the fused kernels treat weight as a constant
-        if backend != "reference" and reference.transformed(logits, weight):
+        if backend != "reference" and transformed(logits, weight):
             backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
         if backend == "reference":
             return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
@@ -188,43 +193,52 @@ class DistributionBalancedLoss(nn.Module):
         return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
 
     def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
-        spec = self.spec if cfg is self.config else kernel_spec(self._table, cfg)
-        dtype = reference.compute_dtype(logits)
-        if weight is not None:  # strided inputs are the ops' business: they copy only what needs it
-            weight = weight.detach().expand(logits.shape)
+        reduction = REDUCTIONS[cfg.reduction]
         if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
-            spec = counted_spec(spec)  # the CPU op counts the known labels in its own pass
-        aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown)
+            reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
+        aux = make_aux(logits, labels, cfg, self.spec, self.class_freq, self.stats.train_num, avg_factor,
+                       has_unknown, reduction)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
-        params = self._params(dtype, logits.device)
-        return ops.call(backends.fused_op(backend), ops.op_args(logits, labels, weight, params, aux, spec, need_grad))
+        params = self._params(reference.compute_dtype(logits), logits.device)
+        kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
+        args = ops.op_args(logits, labels, kernel_weight, params, aux, self.spec, need_grad, reduction)
+        reference_loss = None
+        if need_grad and is_eager(logits):  # for a differentiable backward (create_graph=True)
+            reference_loss = functools.partial(reference.distribution_balanced_loss, labels=labels,
+                                               class_freq=self.class_freq, train_num=self.stats.train_num, cfg=cfg,
+                                               weight=weight, avg_factor=avg_factor)
+        return ops.call(backends.fused_op(backend), args, reference_loss)
 
 
 def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,
                                avg_factor=None, **options):
     """Functional form of :class:`DistributionBalancedLoss` (same keywords; ``stats`` a
     :class:`ClassStats`, a preset name or a statistics file)."""
-    module = _functional_cache(stats, backend, validate_labels, **options)
+    module = _FUNCTIONAL[_functional_slot(stats, backend, validate_labels, **options)][1]
     return module(logits, labels, weight, avg_factor=avg_factor)
 
 
-_FUNCTIONAL = {}
+_FUNCTIONAL = {}  # slot -> (stats, module)
+_SLOTS = {}  # (statistics, options) -> slot
 
 
-def _functional_cache(stats, backend, validate_labels, **options):
-    """One module per (statistics, options): preset names and file paths key by name, so repeated
-    calls neither reload the file nor copy the class table to the device again."""
+@torch.compiler.assume_constant_result
+def _functional_slot(stats, backend, validate_labels, **options):
+    """The slot of the one module per (statistics, options): preset names and file paths key by
+    name, so repeated calls neither reload the file nor copy the class table to the device again.
+    A constant to torch.compile: building the module (numpy, file reads) never enters a graph."""
     config = _as_config(options)
     key = (stats if isinstance(stats, str) else id(stats), backend, validate_labels, config)
-    entry = _FUNCTIONAL.get(key)
-    if entry is None or not isinstance(stats, str) and entry[0] is not stats:
+    slot = _SLOTS.get(key)
+    if slot is None or not isinstance(stats, str) and _FUNCTIONAL[slot][0] is not stats:
         module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels,
                                           **dataclasses.asdict(config))
         if len(_FUNCTIONAL) > 32:
             _FUNCTIONAL.clear()
-        entry = _FUNCTIONAL[key] = (stats, module)
-    return entry[1]
+            _SLOTS.clear()
+        slot = _SLOTS[key] = max(_FUNCTIONAL, default=-1) + 1
+        _FUNCTIONAL[slot] = (stats, module)
+    return slot
 
 
 class ResampleLoss(DistributionBalancedLoss):
