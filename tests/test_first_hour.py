@@ -97,3 +97,20 @@ def test_common_backward_makes_no_extra_pass(backend, monkeypatch):
     loss_fn(z, y).backward()
     assert calls == [True, True, True] and z.grad is not None
     assert grad_ptr != 0
+
+
+def test_auto_falling_back_to_the_reference_warns_once_with_the_fix(monkeypatch):
+    monkeypatch.setattr(backends, "_RESOLVED", {})
+    monkeypatch.setattr(backends, "_LOADED", {"cpp": None, "triton": None})
+    monkeypatch.setattr(backends, "_WHY", {"cpp": "No module named 'dbl_kernels._C'"})
+    monkeypatch.delenv("DBL_BACKEND", raising=False)
+    with pytest.warns(UserWarning, match=r"pip install --no-build-isolation -e \.") as caught:
+        assert backends.resolve("auto", "cpu") == "reference"
+    assert "dbl_kernels._C" in str(caught[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", "cpu") == "reference"  # once: resolution is cached
+        loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend="reference")  # explicit: no warning
+        loss_fn(torch.randn(2, 20), torch.zeros(2, 20))
