@@ -23,6 +23,7 @@ if str(HERE) not in sys.path:
 
 import bench_data  # noqa: E402
 import gpu_checks  # noqa: E402
+import host_time  # noqa: E402
 import readme_tables  # noqa: E402
 import run as bench  # noqa: E402
 from harness import cases, envinfo, measure, report, timing  # noqa: E402
@@ -303,6 +304,22 @@ def test_targets_table_marks():
     assert rows[0]["fastest"] == "triton" and not rows[0]["auto_is_fastest"]
     table = report.targets_table(records, "cuda")
     assert "0.90 ✓" in table and "0.60 ✗" in table and "device" not in table
+
+
+# ------------------------------------------------------------------------------------------------
+# The CPU host-time script
+# ------------------------------------------------------------------------------------------------
+def test_host_time_script(tmp_path):
+    assert host_time.main(["--rounds", "1", "--calls", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "host_time.json").read_text())
+    assert [(s["N"], s["C"]) for s in result["shapes"]] == [(1, 80), (256, 80)]
+    for s in result["shapes"]:
+        us = s["us_per_call"]
+        assert set(us) == set(host_time.VARIANTS) and min(us.values()) > 0
+        assert math.isclose(s["ratio_vs_bce"]["dbl"], us["dbl"] / us["bce"])
+    assert "| 256 × 80 |" in (tmp_path / "host_time.md").read_text()
+    with pytest.raises(SystemExit):
+        host_time.main(["--shapes", "256x81"])
 
 
 # ------------------------------------------------------------------------------------------------
