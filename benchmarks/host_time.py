@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Host time per call of the ``cpu`` backend against torch's BCE-with-logits, on the same tensors.
 
-    python benchmarks/host_time.py [--shapes 1x80,256x80] [--rounds 40] [--calls 200] [--threads N] [--out DIR]
+    python benchmarks/host_time.py [--shapes 1x80,256x80] [--rounds 40] [--calls 200] [--threads 1] [--out DIR]
 
 At training batch sizes the loss is host-bound: what it costs is Python, dispatch and autograd
 around a small kernel. This measures forward + ``loss.backward()`` as a training step runs it
@@ -16,6 +16,11 @@ on fp32 logits and one float label tensor shared by all three (rows of the real 
 The three alternate in rounds of ``--calls`` back-to-back calls, the order rotating each round,
 so a change in machine load hits them alike. Reported: the median over rounds of the µs per call,
 and the ratio to bce (of the medians, and the median of the per-round ratios).
+
+One torch thread by default: at these sizes no kernel gains from a second, and torch's
+log_sigmoid_forward (inside BCE-with-logits) opens an OpenMP parallel region even for 80 elements,
+which on a shared machine stalls for milliseconds whenever a thread is descheduled: that would
+time the machine's load, not the call. ``--threads 0`` keeps torch's own choice.
 
 Writes host_time.json and host_time.md into DIR (default ./dbl_bench/<date>-cpu-host, untracked).
 """
@@ -132,7 +137,7 @@ def main(argv=None):
     p.add_argument("--shapes", type=shapes_arg, default="1x80,256x80", help="comma list of NxC (C = 80)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--calls", type=int, default=200, help="back-to-back calls per variant per round")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default ./dbl_bench/<date>-cpu-host)")
     args = p.parse_args(argv)
