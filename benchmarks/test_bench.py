@@ -186,6 +186,8 @@ def test_suites_and_bytes():
     assert [(c.N, c.C) for c in perf] == [(1 << 20, 80), (8192, 9605), (512, 131072), (256, 80)]
     assert {(c.logits_dtype, c.labels_dtype, c.mode) for c in perf} == {("bf16", "uint8", "fwd+bwd")}
     assert sum(c.N * c.C >= cases.TARGET_ELEMENTS for c in perf) == 3
+    # the target before 256 x 80: Triton's autotuner would keep the tiles the first C = 80 shape got
+    assert [(c.N, c.C) for c in cases.order_cases(perf)][:2] == [(1 << 20, 80), (256, 80)]
     case = cases.Case("x", 10, 8, "bf16", "bool", "fwd+bwd")
     assert cases.bytes_moved(case) == 80 * (2 + 1 + 2) and cases.input_bytes(case) == 80 * 3
     assert cases.bytes_moved(cases.Case("x", 10, 8, "fp32", "float", "fwd")) == 80 * 8

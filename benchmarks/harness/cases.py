@@ -94,10 +94,17 @@ def suite_cases(name, logit_dtypes):
     raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)} (or a comma list)")
 
 
+# Suites whose largest shape per C runs first. Triton's autotuner keys on C, not N: the first shape
+# of a C decides the tiles for the later ones, and a target must be timed with the tiles it would
+# get on its own, not those tuned for 256 rows.
+LARGEST_FIRST = ("perf",)
+
+
 def order_cases(cases):
     """Keep the suites' order; within a suite run a compile group's shapes back to back so one
-    torch.compile graph serves them. A shape listed twice runs once, under the first named suite
-    that has it (quick only when no other suite does)."""
+    torch.compile graph serves them, smallest N first (largest first in LARGEST_FIRST suites). A
+    shape listed twice runs once, under the first named suite that has it (quick only when no
+    other suite does)."""
     suites = list(dict.fromkeys(c.suite for c in cases))
     owner = {}
     for suite in sorted(suites, key=lambda s: s == "quick"):
@@ -112,8 +119,9 @@ def order_cases(cases):
             if c.suite == suite and owner[key] == suite and key not in seen:
                 seen.add(key)
                 mine.append(c)
+        sign = -1 if suite in LARGEST_FIRST else 1
         for group in dict.fromkeys(c.group for c in mine):
-            out += sorted((c for c in mine if c.group == group), key=lambda c: (c.N, MODES.index(c.mode)))
+            out += sorted((c for c in mine if c.group == group), key=lambda c: (sign * c.N, MODES.index(c.mode)))
     return out
 
 
