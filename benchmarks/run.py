@@ -35,7 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import report  # noqa: E402
-from harness.cases import DYNAMIC_BELOW, LABEL_DTYPES, LOGIT_DTYPES, MODES, SUITES  # noqa: E402
+from harness.cases import BASELINES, DYNAMIC_BELOW, LABEL_DTYPES, LOGIT_DTYPES, MODES, SUITES  # noqa: E402
+
+FUSED = ("cpu", "cuda", "triton")
 
 
 def parse_args(argv=None):
@@ -78,7 +80,8 @@ def parse_args(argv=None):
     args.logit_dtypes = _choices(p, "--logits-dtypes", args.logits_dtypes, LOGIT_DTYPES)
     args.label_dtypes = _choices(p, "--labels-dtypes", args.labels_dtypes, LABEL_DTYPES)
     args.modes = _choices(p, "--modes", args.modes, MODES)
-    args.backends = args.backends.split(",")
+    args.backends = _choices(p, "--backends", args.backends, ("all",) + BASELINES + FUSED)
+    _choices(p, "--suite", args.suite.replace(" ", ""), SUITES + ("smoke",))
     return args, p
 
 
@@ -107,6 +110,12 @@ def _device_defaults(args, parser):
     args.max_reps = args.max_reps if args.max_reps is not None else (300 if cuda else 50)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from harness.envinfo import fused_backends
+
+    missing = [b for b in args.backends if b in FUSED and b not in fused_backends(device)]
+    if missing:
+        print(f"--backends: {', '.join(missing)} not available on {device.type} here; measuring the rest",
+              file=sys.stderr)
     return device
 
 

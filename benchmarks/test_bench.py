@@ -153,8 +153,9 @@ def test_run_label_dtypes_and_budget(tmp_path):
     assert {r["labels_dtype"] for r in records} == {"bool", "float"}
     assert {r["backend"] for r in records} <= {"eager", "cpu"}  # no interpreter timings on the CPU
     assert all(r["status"] == "ok" and r["max_rel_err"] < 1e-4 for r in records), records
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--labels-dtypes", "int7"])
+    for bad in (["--labels-dtypes", "int7"], ["--backends", "tritn"], ["--suite", "coco,nope"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
 
 
 def test_default_out_is_untracked(tmp_path, monkeypatch):
