@@ -403,13 +403,13 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"{name}: {'pass' if results[-1].get('ok') else 'FAIL'}", flush=True)
-    report = render(results, device)
-    print(report)
+    text = render(results, device)
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(device=device_name(device), backends=backends,
                                                    results=results), indent=1, default=str) + "\n")
     if args.md:
-        Path(args.md).write_text(report)
+        Path(args.md).write_text(text)
     return 0 if all(r.get("ok") for r in results) else 1
 
 

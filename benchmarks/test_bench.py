@@ -384,6 +384,12 @@ def test_gpu_checks_logic_on_cpu():
     assert gpu_checks.sanitize_run(device, backend=backends[-1]) == 18
 
 
+def test_gpu_checks_targets_command(capsys):
+    committed = HERE / "results" / "2026-11-27-h200" / "run2-targets" / "results.json"
+    assert gpu_checks.main(["targets", str(committed)]) == 0
+    assert "| 1048576 | 80 | triton | 0.077 ✗ |" in capsys.readouterr().out
+
+
 def test_gpu_checks_flags_a_wrong_backend(monkeypatch):
     """The comparison must catch a backend that is off: scale the loss of "reference" used as the
     backend under test."""
