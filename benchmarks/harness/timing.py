@@ -137,28 +137,27 @@ class Timer:
             return None, None, "no CUDA graph: not a CUDA device"
         lo, hi = GRAPH_CALLS
         calls = int(min(hi, max(lo, math.ceil(GRAPH_TARGET_MS / max(per_call_ms, 1e-3)))))
-        graph = out = None
+        cuda_graph = None
         try:
             # Warm-up on a side stream, as capture requires (lazy handles, autotuning, allocator).
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for i in range(3):
-                    out = step(i % n_sets)
+                    step(i % n_sets)
             torch.cuda.current_stream(self.device).wait_stream(side)
             sync(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cuda_graph):
                 for i in range(calls):
-                    out = step(i % n_sets)
-            out = None
-            graph.replay()
+                    step(i % n_sets)
+            cuda_graph.replay()
             sync(self.device)
             times = []
             for _ in range(max(self.min_reps, 5)):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                graph.replay()
+                cuda_graph.replay()
                 end.record()
                 end.synchronize()
                 times.append(start.elapsed_time(end))
@@ -169,7 +168,7 @@ class Timer:
             first = str(exc).splitlines()[0][:160] if str(exc) else ""
             return None, calls, f"capture failed: {type(exc).__name__}: {first}"
         finally:
-            out = graph = None
+            del cuda_graph  # its memory pool goes once the gradients captured into it go too
             if clear is not None:
                 clear()  # gradients that live in the graph's memory pool
             with contextlib.suppress(Exception):
@@ -225,7 +224,6 @@ def copy_bandwidth(device):
     dst = torch.empty_like(src)
     timer = Timer(device, min_time=0.2, min_reps=10, max_reps=50)
     times = timer(lambda _: dst.copy_(src), 1, 2 * nbytes, flush=False)  # far larger than any cache
-    del src, dst
     return 2 * nbytes / (statistics.median(times) * 1e-3) / 1e9
 
 
