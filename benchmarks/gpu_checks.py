@@ -403,13 +403,14 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(f"{name}: {'pass' if results[-1].get('ok') else 'FAIL'}", flush=True)
-    text = render(results, device)
+        # after every check: a timeout in the next one still leaves these
+        text = render(results, device)
+        if args.json:
+            report.write_text(args.json, json.dumps(dict(device=device_name(device), backends=backends,
+                                                         results=results), indent=1, default=str) + "\n")
+        if args.md:
+            report.write_text(args.md, text)
     print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(device=device_name(device), backends=backends,
-                                                   results=results), indent=1, default=str) + "\n")
-    if args.md:
-        Path(args.md).write_text(text)
     return 0 if all(r.get("ok") for r in results) else 1
 
 
