@@ -158,7 +158,9 @@ launches) and the device, and at small shapes the host dominates:
 
 `host_ratio_vs_bce` = `host_us` / the `bce` row's `host_us` at the same shape and mode; \
 `benchmarks/host_time.py` measures the CPU figure with the three interleaved in one process \
-(1 × 80 and 256 × 80; results in `benchmarks/results/*-cpu-host/`).
+(1 × 80 and 256 × 80; results in `benchmarks/results/*-cpu-host/`). On a shared CPU, compare host times \
+with one torch thread (`--threads 1`, host_time.py's default): torch's BCE-with-logits opens an OpenMP \
+parallel region even for 80 elements, which stalls for milliseconds whenever a thread is descheduled.
 
 - Labels as in real data: rows of the COCO-MLT training label matrix for C = 80; sparse rows with a \
 Zipf-like class frequency (and matching class statistics) for Open Images (C = 9,605) and extreme \
