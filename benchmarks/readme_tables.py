@@ -20,7 +20,7 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import run as bench  # noqa: E402
+from harness import report  # noqa: E402  (neither torch nor dbl_kernels: tables render anywhere)
 
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 MAX_ROWS = 12
@@ -32,7 +32,7 @@ def find_results(results_dir):
     paths = sorted(Path(results_dir).glob("*/results.json")) + sorted(Path(results_dir).glob("*/*/results.json"))
     for path in paths:
         try:
-            records, meta = bench.load_results(path)
+            records, meta = report.load_results(path)
         except (OSError, ValueError) as exc:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             continue
@@ -58,7 +58,7 @@ def compact_rows(records):
     dtypes = {r["logits_dtype"] for r in rows}
     main = "bf16" if "bf16" in dtypes else "fp32"
     table = {}
-    for key, by_backend in bench.pivot([r for r in rows if r["logits_dtype"] == main]).items():
+    for key, by_backend in report.pivot([r for r in rows if r["logits_dtype"] == main]).items():
         suite, C, _, _, N, _ = key
         if (N, C) not in table or table[(N, C)][0] == "quick":
             table[(N, C)] = (suite, by_backend)
@@ -71,20 +71,23 @@ def compact_rows(records):
 
 def compact_table(records):
     main, rows = compact_rows(records)
-    backends = bench.backends_in(records)
-    head = ["N × C"] + [f"{b} ms" for b in backends] + ["best", "× eager", "× compile", "roofline"]
+    backends = report.backends_in(records)
+    host = report.has_field(records, "host_ratio_vs_bce")
+    head = (["N × C"] + [f"{b} ms" for b in backends] + ["best", "× eager", "× compile", "roofline"]
+            + (["host × bce"] if host else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for N, C, by_backend in rows:
         cells = [f"{N:,} × {C:,}"]
         for b in backends:
             r = by_backend.get(b)
-            cells.append(bench._fmt(r.get("median_ms")) if r and r.get("median_ms") else "–")
-        best = bench.best_fused(by_backend.values())
+            cells.append(report.fmt(r.get("median_ms")) if r and r.get("median_ms") else "–")
+        best = report.best_fused(by_backend.values())
         if best is None:
-            cells += ["–"] * 4
+            cells += ["–"] * (len(head) - len(cells))
         else:
-            cells += [best["backend"], bench._fmt(best.get("speedup_vs_eager")),
-                      bench._fmt(best.get("speedup_vs_compile")), bench._fmt(best.get("roofline_fraction"), 2)]
+            cells += [best["backend"], report.fmt(best.get("speedup_vs_eager")),
+                      report.fmt(best.get("speedup_vs_compile")), report.fmt(best.get("roofline_fraction"), 2)]
+            cells += [report.fmt(best.get("host_ratio_vs_bce"))] if host else []
         lines.append("| " + " | ".join(cells) + " |")
     return main, "\n".join(lines)
 
@@ -94,15 +97,24 @@ def heading(kind, meta):
             f"{meta.get('date')}")
 
 
+def time_note(records):
+    """Results with the time split say which time the roofline uses; older ones render as before."""
+    if report.has_field(records, "device_us"):
+        return " (user-visible); roofline from the device time (CUDA-graph replay)"
+    if report.has_field(records, "host_us"):
+        return "; host × bce = host time per call over BCE-with-logits"
+    return ""
+
+
 def device_section(kind, folder, records, meta, link_prefix, level="###"):
     main, table = compact_table(records)
     rel = f"{link_prefix}{folder.relative_to(ROOT).as_posix()}" if folder.is_relative_to(ROOT) else str(folder)
-    fused = [b for b in bench.backends_in(records) if b not in bench.BASELINES]
+    fused = [b for b in report.backends_in(records) if b not in report.BASELINES]
     threads = f" with {meta['torch_threads']} torch thread(s)" if kind == "cpu" and meta.get("torch_threads") else ""
     lines = [f"{level} {heading(kind, meta)}", "",
              f"Forward + backward, {main} logits, uint8 labels, authors' COCO-MLT loss config; median ms per call"
-             f"{threads}. "
-             f"Copy bandwidth {bench._fmt(meta.get('copy_gbytes_per_s'))} GB/s; roofline = (logits + labels + "
+             f"{threads}{time_note(records)}. "
+             f"Copy bandwidth {report.fmt(meta.get('copy_gbytes_per_s'))} GB/s; roofline = (logits + labels + "
              f"gradient bytes) / time / copy bandwidth. `backend=\"auto\"` runs **{meta.get('auto_backend')}** here. "
              f"Full table: [{rel}/summary.md]({rel}/summary.md).", ""]
     if not fused:
@@ -125,33 +137,64 @@ def readme_block(latest):
     return "\n".join(parts).rstrip() + "\n"
 
 
+METHOD = """## Method
+
+`python benchmarks/run.py --device cpu|cuda --suite quick|coco|openimages|xmc|targets|perf|all` measures \
+every backend `dbl_kernels.available_backends()` lists for the device, plus three baselines measured in \
+the same run: `eager` (the pure-PyTorch reference backend), `compile` (`torch.compile` of a function \
+calling it) and `bce` (torch's `binary_cross_entropy_with_logits(x, y_float, reduction="mean")`, a \
+different and cheaper loss: the yardstick for host time). Each shape runs forward only (`fwd`, under \
+`torch.no_grad()`) and forward + backward (`fwd+bwd`) as a training step runs it: \
+`x.grad = None; loss = fn(x, y); loss.backward()` on a leaf `x`.
+
+Three times per row, because a call's cost is split between the host (Python, dispatch, autograd, \
+launches) and the device, and at small shapes the host dominates:
+
+| field | what | how |
+| --- | --- | --- |
+| `median_ms` (user-visible) | what a training loop sees | GPU: rounds of back-to-back calls between two CUDA events, per call, so a call that keeps the GPU waiting on the host is charged for it; CPU: wall clock around each call |
+| `host_us` | the host's cost of one call | back-to-back calls, the clock read when the last call returns, one sync per round; on the CPU the wall time per call with warm caches. Every row has it |
+| `device_us` (GPU) | the GPU's own time | `step` captured K times (K = 2..64, about 10 ms of work) in a `torch.cuda.CUDAGraph` after a warm-up on a side stream, on static inputs; the graph replayed between two CUDA events, divided by K. A backend that cannot be captured records why in `device_timing` and has no device time |
+
+`host_ratio_vs_bce` = `host_us` / the `bce` row's `host_us` at the same shape and mode; \
+`benchmarks/host_time.py` measures the CPU figure with the three interleaved in one process \
+(1 × 80 and 256 × 80; results in `benchmarks/results/*-cpu-host/`). On a shared CPU, compare host times \
+with one torch thread (`--threads 1`, host_time.py's default): torch's BCE-with-logits opens an OpenMP \
+parallel region even for 80 elements, which stalls for milliseconds whenever a thread is descheduled.
+
+- Labels as in real data: rows of the COCO-MLT training label matrix for C = 80; sparse rows with a \
+Zipf-like class frequency (and matching class statistics) for Open Images (C = 9,605) and extreme \
+multi-label spaces (C = 131,072 and 1,048,576).
+- Calls: warm-up, then many calls (at least 0.1 s on GPU, 0.2 s on CPU); median and 20/80 percentiles. \
+Several input sets rotate. CPU: the last-level cache is flushed before calls whose inputs would fit in it. \
+GPU: no L2 flush (inside a loop or a graph it would be timed with the call); the large shapes are many \
+times the L2, and small ones stay L2-resident as the logits a classifier layer has just written would.
+- Roofline: the device copy bandwidth is measured in the same run (a large device copy, bytes read + \
+written); `roofline_fraction` = (logits + labels + gradient bytes) / time / that bandwidth, with the \
+device time where there is one (`roofline_basis`), else the user-visible time. Speedups \
+(`speedup_vs_eager`, `speedup_vs_compile`) compare user-visible times; `device_speedup_vs_compile` \
+device times.
+- Triton: `autotune_config` holds the configuration Triton's autotuner chose for the case (read from \
+the autotuner's cache; the package does not expose it, so it is null where that cannot be read).
+- Peak memory: bytes allocated during one call beyond the inputs (outputs and gradient included); GPU \
+from `torch.cuda.max_memory_allocated`, CPU from the profiler's allocation events.
+- Every backend's loss and gradient are compared with eager's on the first input set \
+(`max_rel_err` in results.json; none for `bce`, another loss).
+- torch.compile runs in its default mode; below 2^22 elements one graph per C and dtypes serves every \
+batch size (batch dimension dynamic), above it one static graph per shape.
+- Results committed before these fields existed (no `host_us`) were timed differently: GPU with CUDA \
+events around each call and the L2 flushed before each, forward + backward with \
+`torch.autograd.grad`; their tables show user-visible time only.
+
+Targets (GPU, forward + backward, bf16 logits + uint8 labels, N·C ≥ 2^26): ≥ 85% of copy bandwidth, \
+≥ 3× `torch.compile`, ≥ 25× eager (see the `targets` suite)."""
+
+
 def performance_doc(found, latest):
     parts = [
         "# Performance", "",
         "<!-- generated by benchmarks/readme_tables.py from benchmarks/results/*/results.json; do not edit -->", "",
-        "## Method", "",
-        "`python benchmarks/run.py --device cpu|cuda --suite quick|coco|openimages|xmc|targets|all` measures every "
-        "backend `dbl_kernels.available_backends()` lists for the device, plus two baselines measured in the same "
-        "run: `eager` (the pure-PyTorch reference backend) and `compile` (`torch.compile` of a function calling "
-        "it). Each shape runs forward only (`fwd`, under `torch.no_grad()`) and forward + backward (`fwd+bwd`, "
-        "`torch.autograd.grad`).", "",
-        "- Labels as in real data: rows of the COCO-MLT training label matrix for C = 80; sparse rows with a "
-        "Zipf-like class frequency (and matching class statistics) for Open Images (C = 9,605) and extreme "
-        "multi-label spaces (C = 131,072 and 1,048,576).",
-        "- Timing: warm-up, then many calls (at least 0.1 s on GPU, 0.2 s on CPU); median and 20/80 percentiles. "
-        "GPU: CUDA events around each call, the L2 cache flushed before each. CPU: wall clock around each call "
-        "(CPU ops return when done), the last-level cache flushed before calls whose inputs would fit in it. "
-        "Several input sets rotate.",
-        "- Roofline: the device copy bandwidth is measured in the same run (a large device copy, bytes read + "
-        "written); `roofline_fraction` = (logits + labels + gradient bytes) / time / that bandwidth.",
-        "- Peak memory: bytes allocated during one call beyond the inputs (outputs and gradient included); GPU "
-        "from `torch.cuda.max_memory_allocated`, CPU from the profiler's allocation events.",
-        "- Every backend's loss and gradient are compared with eager's on the first input set "
-        "(`max_rel_err` in results.json).",
-        "- torch.compile runs in its default mode; below 2^22 elements one graph per C and dtypes serves every "
-        "batch size (batch dimension dynamic), above it one static graph per shape.", "",
-        "Targets (GPU, forward + backward, bf16 logits + uint8 labels, N·C ≥ 2^26): ≥ 85% of copy bandwidth, "
-        "≥ 3× `torch.compile`, ≥ 25× eager (see the `targets` suite).", "",
+        METHOD, "",
     ]
     for kind in ("gpu", "cpu"):
         if kind not in latest:
@@ -159,8 +202,11 @@ def performance_doc(found, latest):
             continue
         folder, records, meta = latest[kind]
         parts.append(device_section(kind, folder, records, meta, link_prefix="../", level="##"))
-        parts += ["### All measurements", "", bench.summary_table(records, bench.backends_in(records)), ""]
-        targets = bench.targets_table(records, meta.get("auto_backend"))
+        parts += ["### All measurements", "", report.summary_table(records, report.backends_in(records)), ""]
+        split = report.time_split_table(records)
+        if split:
+            parts += ["### User-visible, device and host time", "", split, ""]
+        targets = report.targets_table(records, meta.get("auto_backend"))
         if targets:
             parts += ["### Targets", "", targets, ""]
     if found:
