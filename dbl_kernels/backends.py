@@ -147,6 +147,14 @@ def _resolve(backend, device_type):
     return backend
 
 
+def cpu_threads():
+    """How many threads one call of the ``cpu`` backend really runs on: ``torch.get_num_threads()``
+    where the extension was built with OpenMP, else 1. Loads the extension."""
+    if _load("cpp") is None:
+        raise RuntimeError(f"the C++ extension is not built ({_WHY.get('cpp')}); {_BUILD_HINT}")
+    return int(torch.ops.dbl._cpu_parallel_threads())
+
+
 def fused_op(backend):
     """The registered op ``(op_args...) -> (loss, grad)`` of a fused backend."""
     return _load("triton" if backend == "triton" else "cpp").fused

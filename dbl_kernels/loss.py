@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from . import backends, ops, reference
+from ._labels import any_between, check_label_values
 from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
 from ._tracing import is_eager, transformed
 from .reference import LossConfig
@@ -74,32 +75,16 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
         validate_labels = (labels.device.type == "cpu" and not torch.compiler.is_compiling()
                            and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
     if validate_labels and labels.numel() and labels.dtype != torch.bool:
-        return _check_label_values(labels)
+        return check_label_values(labels, _any_between)
     return None
 
 
 def _any_between(labels):
     """Whether any float label lies strictly in (-1, 0): one C++ pass where it applies (plain calls
-    on CPU tensors), else torch."""
-    if labels.device.type == "cpu" and backends.has_backend("cpu") and ops.is_eager(labels):
+    on CPU tensors), else torch's three."""
+    if labels.device.type == "cpu" and backends.has_backend("cpu") and is_eager(labels):
         return torch.ops.dbl._labels_between(labels)
-    return bool(((labels < 0) & (labels > -1)).any())
-
-
-def _check_label_values(labels):
-    """Raise on labels outside {0, 1, -1} (ints) or [0, 1] u {-1} (floats); return whether any -1 is
-    present, which saves the kernels a counting pass for the mean."""
-    lo, hi = torch.aminmax(labels)
-    lo, hi = float(lo), float(hi)
-    if not labels.dtype.is_floating_point:
-        if lo < -1 or hi > 1:
-            raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
-        return lo < 0
-    if not (lo >= -1 and hi <= 1):  # also catches NaN
-        raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
-    if lo < 0 and _any_between(labels):
-        raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
-    return lo < 0
+    return any_between(labels)
 
 
 def _as_config(kwargs):

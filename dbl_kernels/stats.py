@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._labels import check_label_values
+
 _PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = {"coco-mlt": "coco_mlt_stats.npz", "voc-mlt": "voc_mlt_stats.npz"}
 
@@ -124,6 +126,7 @@ class ClassStats:
         t = torch.as_tensor(labels)
         if t.dim() != 2:
             raise ValueError(f"labels must be a 2-D N x C matrix, got shape {tuple(t.shape)}")
+        check_label_values(t)  # a 2 would count twice, a 255 everywhere: the loss's own label error
         t = t.to(torch.float64)
         counts = torch.cat([t.clamp(min=0).sum(0), t.new_tensor([t.shape[0]])])
         if distributed:

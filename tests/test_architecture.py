@@ -16,7 +16,7 @@ ROOT = PKG.parent
 # Lowest first: a module may import only modules of a lower rank (or, inside the Triton package,
 # earlier ones in its own order). API -> dispatch -> backends -> shared glue -> contract -> reference.
 LAYERS = [
-    ["_tracing"],
+    ["_tracing", "_labels"],
     ["reference", "stats"],
     ["_spec"],
     ["ops"],

@@ -114,3 +114,28 @@ def test_auto_falling_back_to_the_reference_warns_once_with_the_fix(monkeypatch)
         assert backends.resolve("auto", "cpu") == "reference"  # once: resolution is cached
         loss_fn = dk.DistributionBalancedLoss("voc-mlt", backend="reference")  # explicit: no warning
         loss_fn(torch.randn(2, 20), torch.zeros(2, 20))
+
+
+@pytest.mark.parametrize("bad, found", [(2, r"\[0, 2\]"), (255, r"\[0, 255\]")])
+def test_class_stats_from_labels_rejects_what_the_loss_rejects(bad, found):
+    labels = torch.zeros(4, 3, dtype=torch.uint8)
+    labels[0, 0] = 1
+    labels[1, 1] = bad
+    with pytest.raises(ValueError, match=r"integer labels must be 0, 1 or -1 \(unknown\); found values in " + found):
+        dk.ClassStats.from_labels(labels)
+    floats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-0.5, 1.0]])
+    with pytest.raises(ValueError, match="negative values other than -1"):
+        dk.ClassStats.from_labels(floats)
+    partial = torch.tensor([[1, 0], [-1, 1], [0, 0]])
+    assert dk.ClassStats.from_labels(partial).class_freq.tolist() == [1.0, 1.0]  # -1 is unknown, not counted
+
+
+def test_cpu_threads_needs_no_prior_call():
+    # a fresh process: the extension loads on demand (torch.ops.dbl is empty until it does)
+    code = "import dbl_kernels as dk, torch; torch.set_num_threads(2); print(dk.cpu_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+    if "cpu" not in dk.available_backends():
+        assert out.returncode != 0 and "not built" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert int(out.stdout.strip()) in (1, 2)
