@@ -12,13 +12,18 @@ def any_between(labels: torch.Tensor) -> bool:
     return bool(((labels < 0) & (labels > -1)).any())
 
 
-def check_label_values(labels: torch.Tensor, between: Optional[Callable[[torch.Tensor], bool]] = None,
+def check_label_values(labels: torch.Tensor, fast: Optional[Callable[[torch.Tensor], Optional[int]]] = None,
                        name: str = "labels") -> bool:
     """Raise ValueError on labels outside {0, 1, -1} (integers) or [0, 1] u {-1} (floats); return
-    whether any -1 is present, which saves the kernels a counting pass for the mean. ``between``: a
-    faster scan for values in (-1, 0), handed down by a caller that has one."""
+    whether any -1 is present, which saves the kernels a counting pass for the mean.
+
+    ``fast(labels)``: a one-pass check handed down by a caller that has one, returning 0 (valid, no
+    -1), 1 (valid, some -1), 2 (invalid) or None (not applicable); torch finds what is wrong."""
     if labels.dtype == torch.bool or labels.numel() == 0:
         return False
+    code = fast(labels) if fast is not None else None
+    if code is not None and code < 2:
+        return code == 1
     lo, hi = torch.aminmax(labels)
     lo, hi = float(lo), float(hi)
     if not labels.dtype.is_floating_point:
@@ -27,6 +32,6 @@ def check_label_values(labels: torch.Tensor, between: Optional[Callable[[torch.T
         return lo < 0
     if not (lo >= -1 and hi <= 1):  # also catches NaN
         raise ValueError(f"float {name} must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
-    if lo < 0 and (between or any_between)(labels):
+    if lo < 0 and any_between(labels):
         raise ValueError(f"float {name} must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
     return lo < 0

@@ -139,7 +139,7 @@ def counted_spec(spec: KernelSpec) -> KernelSpec:
 
 
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None, reduction=None):
+             has_unknown=None, reduction=None, eager=None):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
@@ -150,7 +150,7 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     reduction = spec.reduction if reduction is None else reduction
     host_scale = 1.0 if reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
     by_batch = spec.weight_norm == NORM_BATCH
-    if host_scale is not None and not by_batch and is_eager(logits):
+    if host_scale is not None and not by_batch and (is_eager(logits) if eager is None else eager):
         return _constant_aux(host_scale, dtype, device)
     if host_scale is not None:
         scale = torch.full((), host_scale, dtype=dtype, device=device)

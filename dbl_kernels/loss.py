@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from . import backends, ops, reference
-from ._labels import any_between, check_label_values
+from ._labels import check_label_values
 from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
 from ._tracing import is_eager, transformed
 from .reference import LossConfig
@@ -75,16 +74,15 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
         validate_labels = (labels.device.type == "cpu" and not torch.compiler.is_compiling()
                            and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
     if validate_labels and labels.numel() and labels.dtype != torch.bool:
-        return check_label_values(labels, _any_between)
+        return check_label_values(labels, _fast_label_check)
     return None
 
 
-def _any_between(labels):
-    """Whether any float label lies strictly in (-1, 0): one C++ pass where it applies (plain calls
-    on CPU tensors), else torch's three."""
+def _fast_label_check(labels):
+    """The C++ one-pass label check where it applies (plain calls on CPU tensors), else None."""
     if labels.device.type == "cpu" and backends.has_backend("cpu") and is_eager(labels):
-        return torch.ops.dbl._labels_between(labels)
-    return any_between(labels)
+        return torch.ops.dbl._check_labels(labels)
+    return None
 
 
 def _as_config(kwargs):
@@ -121,6 +119,7 @@ class DistributionBalancedLoss(nn.Module):
         self.register_buffer("class_freq", torch.from_numpy(self.stats.class_freq.copy()), persistent=False)
         self.register_buffer("class_params", torch.from_numpy(self._table.copy()), persistent=False)
         self._cast_cache = {}
+        self._ops = {}
 
     def _apply(self, fn, *args, **kwargs):
         """Buffers follow the device of ``.to()`` / ``.cuda()``, but the class statistics stay
@@ -146,23 +145,21 @@ class DistributionBalancedLoss(nn.Module):
         cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
         return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
 
-    def _params(self, dtype, device=None):
-        """class_params in the compute dtype on the logits' device, cast once per (device, dtype)
-        and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
-        buf = self.class_params
+    def _params(self, dtype, device=None, eager=True):
+        """class_params in the compute dtype on ``device``, cast once per (device, dtype) and buffer
+        version (a module not moved with ``.to()`` still works, like the reference)."""
+        buf = self._buffers["class_params"]  # not self.class_params: Module.__getattr__ is slow
         device = buf.device if device is None else torch.device(device)
-        if torch.compiler.is_compiling() or buf.is_inference():
+        if not eager or buf.is_inference():
             # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
             # built under torch.inference_mode) have no version counter to key a cache on
             return buf.to(device=device, dtype=dtype).contiguous()
-        key = (buf.device, device, dtype, buf.data_ptr(), buf._version)
-        cached = self._cast_cache.get(key)
-        if cached is None:
-            cached = buf.to(device=device, dtype=dtype).contiguous()
+        cached = self._cast_cache.get((device, dtype))
+        if cached is None or cached[0] is not buf or cached[1] != buf._version:
             if len(self._cast_cache) > 8:
                 self._cast_cache.clear()
-            self._cast_cache[key] = cached
-        return cached
+            cached = self._cast_cache[(device, dtype)] = (buf, buf._version, buf.to(device=device, dtype=dtype).contiguous())
+        return cached[2]
 
     def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
@@ -181,18 +178,29 @@ class DistributionBalancedLoss(nn.Module):
         reduction = REDUCTIONS[cfg.reduction]
         if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
             reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
+        eager = is_eager(logits)
         aux = make_aux(logits, labels, cfg, self.spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown, reduction)
+                       has_unknown, reduction, eager)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
-        params = self._params(reference.compute_dtype(logits), logits.device)
         kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
-        args = ops.op_args(logits, labels, kernel_weight, params, aux, self.spec, need_grad, reduction)
-        reference_loss = None
-        if need_grad and is_eager(logits):  # for a differentiable backward (create_graph=True)
-            reference_loss = functools.partial(reference.distribution_balanced_loss, labels=labels,
-                                               class_freq=self.class_freq, train_num=self.stats.train_num, cfg=cfg,
-                                               weight=weight, avg_factor=avg_factor)
-        return ops.call(backends.fused_op(backend), args, reference_loss)
+        tensors = (logits, labels, kernel_weight, self._params(reference.compute_dtype(logits), logits.device, eager), aux)
+        op, scalars = self._op(backend, reduction, need_grad)
+        # for a differentiable backward (create_graph=True): the reference, called only then
+        reference_loss = (self._reference_loss, (labels, cfg, weight, avg_factor)) if need_grad and eager else None
+        return ops.call(op, tensors, scalars, reference_loss, eager)
+
+    def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
+        return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num, cfg,
+                                                    weight=weight, avg_factor=avg_factor)
+
+    def _op(self, backend, reduction, need_grad):
+        """The fused op and its scalar arguments, built once per (backend, reduction, need_grad)."""
+        key = (backend, reduction, need_grad)
+        entry = self._ops.get(key)
+        if entry is None:
+            entry = self._ops[key] = (backends.fused_op(backend),
+                                      ops.op_args(*(None,) * 5, self.spec, need_grad, reduction)[5:])
+        return entry
 
 
 def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,

@@ -373,3 +373,28 @@ def test_mean_over_no_known_label_is_zero_with_zero_gradient(backend, labels_dty
     z = torch.zeros(6, 20, device=device, requires_grad=True)
     grad, = torch.autograd.grad(loss_fn(z, unknown), z)
     assert torch.equal(grad, torch.zeros_like(z))
+
+
+@pytest.mark.skipif("cpu" not in dk.available_backends(), reason="needs the C++ extension")
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                                   torch.bfloat16, torch.float32, torch.float64])
+def test_one_pass_label_check_agrees_with_torch(dtype):
+    from dbl_kernels._labels import check_label_values
+
+    def code(y):
+        try:
+            return int(check_label_values(y))
+        except ValueError:
+            return 2
+
+    g = torch.Generator().manual_seed(1)
+    base = (torch.rand(37, 70, generator=g) < 0.3).to(dtype)
+    values = [0, 1, -1, 2, -2, 127] + ([0.5, -0.5, -1.5, 1.0001, float("nan"), float("inf"), -0.0]
+                                       if dtype.is_floating_point else [])
+    for v in values:
+        y = base.clone()
+        if dtype == torch.uint8 and v < 0:
+            continue
+        y[23, 41] = v
+        for t in (y, y.t(), y[:, ::2], y[5:6]):  # strided and one-row views too
+            assert torch.ops.dbl._check_labels(t) == code(t), (v, t.shape, t.stride())
