@@ -1,8 +1,9 @@
 """Shared fixtures: the authors' golden values and real label data, and DBL_REQUIRE.
 
-Data files are looked up in $DBL_SHARED (when set), then in the copies shipped in tests/golden and
-tests/data, then in ../shared (the developers' shared folder, which also holds what is too big to
-ship: the authors' legacy pickle).
+Data files are looked up in the copies shipped in tests/golden and tests/data, then in ../shared
+(the developers' shared folder, which also holds what is too big to ship: the authors' legacy
+pickle). DBL_SHARED=DIR replaces ../shared and is looked in first; DBL_SHARED=/nonexistent tests
+as a fresh clone would.
 
 DBL_REQUIRE=cpu,triton (CI sets it) turns the skips for a missing backend into failures, so a build
 that silently produced no extension cannot pass.
@@ -17,14 +18,14 @@ import torch
 
 TESTS = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("DBL_SHARED", TESTS.parents[1] / "shared"))
-_ROOTS = ([Path(os.environ["DBL_SHARED"])] if "DBL_SHARED" in os.environ else []) + [TESTS, TESTS.parents[1] / "shared"]
+_ROOTS = [SHARED, TESTS] if "DBL_SHARED" in os.environ else [TESTS, SHARED]
 DATASET_FILES = {"coco-mlt": "coco_mlt_train_labels.npz", "voc-mlt": "voc_mlt_train_labels.npz"}
 BACKENDS = ("cpu", "cuda", "triton")
 REQUIRED = sorted({b.strip() for b in os.environ.get("DBL_REQUIRE", "").split(",") if b.strip()})
 
 
 def find_data(relative):
-    """The first of $DBL_SHARED/relative, tests/relative, ../shared/relative that exists, or None."""
+    """The first existing file of that name in the folders of _ROOTS (see the module docstring), or None."""
     for root in _ROOTS:
         if (root / relative).exists():
             return root / relative
