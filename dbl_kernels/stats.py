@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,10 @@ from ._labels import check_label_values
 
 _PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = {"coco-mlt": "coco_mlt_stats.npz", "voc-mlt": "voc_mlt_stats.npz"}
+
+
+class _RefusedPickle(pickle.UnpicklingError, ValueError):
+    """A pickle that names a global other than numpy's: a ValueError like every other load error."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -34,7 +40,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(
+            raise _RefusedPickle(
                 f"refusing to load {module}.{name} from a class-frequency pickle: only numpy arrays "
                 "and builtin containers are allowed. Convert the file with a trusted tool to .npz/.json.")
         if module.startswith("numpy.core"):
@@ -46,6 +52,74 @@ def _as_counts(name, value):
     arr = np.array(value, dtype=np.float64)  # a copy: the caller's array stays writable
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of per-class counts, got shape {arr.shape}")
+    return arr
+
+
+_KEYS = ("class_freq", "neg_class_freq", "train_num")
+_EXPECTED = ("numeric arrays 'class_freq' and 'neg_class_freq' (or a number 'train_num'), as "
+             "ClassStats.save writes")
+
+
+def _read_npz(path):
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy's own message here talks about allow_pickle: the file is simply not an archive
+        raise ValueError(f"{path} is not a valid .npz archive (numpy.savez output); expected {_EXPECTED}") from exc
+    if not hasattr(data, "files"):
+        raise ValueError(f"{path} holds a single .npy array, not a .npz archive of {_EXPECTED}")
+    with data:
+        if "class_freq" not in data.files:
+            raise _no_class_freq(path, data.files)
+        fields = {}
+        for key in set(_KEYS) & set(data.files):  # only these: other entries (labels, names) may be anything
+            try:
+                fields[key] = data[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise ValueError(f"{path}: entry '{key}' holds Python objects (an object array) or is damaged; "
+                                 f"expected {_EXPECTED}") from exc
+        return fields
+
+
+def _no_class_freq(path, found):
+    return ValueError(f"{path} has no 'class_freq' entry (found {sorted(found)}); expected {_EXPECTED}")
+
+
+def _read_json(path):
+    try:
+        fields = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); expected an object of {_EXPECTED}") from exc
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a JSON {type(fields).__name__}, expected an object of {_EXPECTED}")
+    return fields
+
+
+def _read_pickle(path):
+    try:
+        fields = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+    except _RefusedPickle as exc:
+        raise _RefusedPickle(f"{path}: {exc}") from exc
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a damaged pickle fails in many ways (EOF, bad opcodes, struct errors...)
+        raise ValueError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); expected the "
+                         "authors' class_freq.pkl, a dict of numpy arrays with 'class_freq'") from exc
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a {type(fields).__name__}, expected a dict with 'class_freq'")
+    return fields
+
+
+def _numeric(path, key, value):
+    """``value`` as a numpy array of numbers, or an error naming the file and the entry."""
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{path}: '{key}' must be a 1-D array of numbers, not a ragged nested list") from exc
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{path}: '{key}' must hold numbers, got {arr.dtype} values; expected {_EXPECTED}")
     return arr
 
 
@@ -150,26 +224,26 @@ class ClassStats:
     def load(cls, path, *, smooth=None):
         """Load ``.npz`` / ``.json`` written by ``save``, or the authors' ``class_freq.pkl``.
 
-        Pickles are read with a restricted unpickler that admits numpy arrays only.
+        Pickles are read with a restricted unpickler that admits numpy arrays only. A file that
+        cannot be read, or that does not hold the counts, raises a ``ValueError`` naming it.
         """
         path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                fields = {k: data[k] for k in data.files}
-        elif suffix == ".json":
-            fields = json.loads(path.read_text())
-        elif suffix in (".pkl", ".pickle"):
-            fields = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-            if not isinstance(fields, dict):
-                raise ValueError(f"{path} holds a {type(fields).__name__}, expected a dict with 'class_freq'")
-        else:
+        readers = {".npz": _read_npz, ".json": _read_json, ".pkl": _read_pickle, ".pickle": _read_pickle}
+        reader = readers.get(path.suffix.lower())
+        if reader is None:
             raise ValueError(f"cannot read {path}: use a .npz, .json or the authors' .pkl file")
+        fields = reader(path)
         if "class_freq" not in fields:
-            raise ValueError(f"{path} has no 'class_freq' entry (found {sorted(fields)})")
-        train_num = fields.get("train_num")
-        return cls(fields["class_freq"], fields.get("neg_class_freq") if train_num is None else None,
-                   None if train_num is None else float(np.asarray(train_num)), smooth=smooth)
+            raise _no_class_freq(path, fields)
+        counts = {key: _numeric(path, key, fields.get(key)) for key in _KEYS if fields.get(key) is not None}
+        train_num = counts.get("train_num")
+        if train_num is not None and train_num.size != 1:
+            raise ValueError(f"{path}: train_num must be one number, got an array of shape {train_num.shape}")
+        try:
+            return cls(counts["class_freq"], counts.get("neg_class_freq") if train_num is None else None,
+                       None if train_num is None else float(train_num.reshape(())), smooth=smooth)
+        except ValueError as exc:  # shapes, counts out of range: say which file
+            raise ValueError(f"{path}: {exc}") from exc
 
     def save(self, path):
         path = Path(path)

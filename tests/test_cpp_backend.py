@@ -19,7 +19,7 @@ import dbl_kernels as dk
 from dbl_kernels import ops
 from dbl_kernels._spec import make_aux
 
-from conftest import GOLDEN_CASES, golden_case, rel_err
+from conftest import GOLDEN_CASES, golden_case, needs_backend, rel_err
 
 try:
     from dbl_kernels import cpp_ops
@@ -29,7 +29,7 @@ else:
     _MISSING = ""
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_ext = pytest.mark.skipif(cpp_ops is None, reason=_MISSING or "built")
+needs_ext = needs_backend("cpu", cpp_ops is not None, _MISSING)
 DEVICES = ["cpu"] + (["cuda"] if cpp_ops is not None and cpp_ops.has_cuda() and torch.cuda.is_available() else [])
 TOL = 1e-5  # fp32, relative (loss) and relative by norm (gradient), as for the golden values
 
