@@ -49,9 +49,9 @@ BIG="${DBL_CHECK_BIG:-65537x32768}"
 # Default: the files that exercise the GPU (the rest is CPU-only and covered by CI), with the Triton
 # file narrowed by DBL_CHECK_K below: its full set compiles ~280 variants (minutes on a GPU).
 read -r -a TESTS <<< "${DBL_CHECK_TESTS:-tests/test_cpp_backend.py tests/test_triton_backend.py tests/test_api.py benchmarks/test_bench.py}"
-# The golden values live in ../shared, which the device tool does not carry: copy them into an
-# ignored folder (.device/shared) and carry that; DBL_SHARED points the tests at it.
-[ -d "$ROOT/../shared/golden" ] || export DBL_SHARED="${DBL_SHARED:-$ROOT/.device/shared}"
+# The golden values ship in tests/golden; every backend must be there (a broken CUDA build fails
+# its tests instead of skipping them).
+export DBL_REQUIRE="${DBL_REQUIRE:-cpu,cuda,triton}"
 
 : > "$WORK/steps.tsv"
 # step NAME LIMIT_S CMD...: run CMD under `timeout`, log to $LOGS/NAME.log, record rc and seconds.

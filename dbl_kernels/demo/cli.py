@@ -31,7 +31,7 @@ classes and over head (> 100 training positives), medium and tail (< 20) classes
 
 EPILOG = """\
 The default run (5 seeds x 100 epochs, 40 models) takes about 2 minutes on an idle 2-core CPU;
---quick (3 seeds x 15 epochs, undertrained) about 15 s. Needs the extras: pip install 'dbl_kernels[demo]'."""
+--quick (3 seeds x 15 epochs, undertrained) about 15 s. Needs the extras: pip install scikit-learn matplotlib tqdm."""
 
 
 def parse_args(argv):
@@ -78,8 +78,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     missing = missing_extras()
     if missing:
-        print(f"The demo needs the optional packages {', '.join(missing)}: pip install 'dbl_kernels[demo]' "
-              f"(or pip install {' '.join(missing)})", file=sys.stderr)
+        print(f"The demo needs the optional packages {', '.join(missing)}: pip install {' '.join(missing)} "
+              "(all of its extras: pip install scikit-learn matplotlib tqdm)", file=sys.stderr)
         return 2
     try:
         device = torch.device(args.device)
