@@ -100,10 +100,12 @@ class DistributionBalancedLoss(nn.Module):
     0 negative, -1 unknown, or soft labels in [0, 1]).
     """
 
-    def __init__(self, stats, *, reweight="rebalance", weight_norm=None, focal=True, gamma=2.0,
-                 balance_param=2.0, logit_reg=True, neg_scale=2.0, init_bias=0.05, ntr_bias="official",
-                 map_alpha=0.1, map_beta=10.0, map_gamma=0.2, cb_beta=0.9, cb_mode="average_w",
-                 loss_weight=1.0, reduction="mean", backend="auto", validate_labels=None):
+    def __init__(self, stats: StatsLike, *, reweight: Optional[str] = "rebalance", weight_norm: Optional[str] = None,
+                 focal: bool = True, gamma: float = 2.0, balance_param: float = 2.0, logit_reg: bool = True,
+                 neg_scale: float = 2.0, init_bias: float = 0.05, ntr_bias: str = "official", map_alpha: float = 0.1,
+                 map_beta: float = 10.0, map_gamma: float = 0.2, cb_beta: float = 0.9, cb_mode: str = "average_w",
+                 loss_weight: float = 1.0, reduction: str = "mean", backend: str = "auto",
+                 validate_labels: Optional[bool] = None) -> None:
         super().__init__()
         self.stats = _as_stats(stats)
         self.config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
@@ -131,14 +133,14 @@ class DistributionBalancedLoss(nn.Module):
         return self
 
     @classmethod
-    def from_preset(cls, name, **overrides):
+    def from_preset(cls, name: str, **overrides) -> "DistributionBalancedLoss":
         """The statistics and the authors' loss config of ``"coco-mlt"`` or ``"voc-mlt"``."""
         if name not in PRESET_CONFIGS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESET_CONFIGS)}")
         return cls(ClassStats.preset(name), **{**PRESET_CONFIGS[name], **overrides})
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return self.stats.num_classes
 
     def extra_repr(self):
@@ -161,7 +163,11 @@ class DistributionBalancedLoss(nn.Module):
             cached = self._cast_cache[(device, dtype)] = (buf, buf._version, buf.to(device=device, dtype=dtype).contiguous())
         return cached[2]
 
-    def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction: Optional[str] = None) -> torch.Tensor:
+        """The loss of N x C ``logits`` against ``labels``; ``weight`` broadcasts to N x C and
+        multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
+        overrides the module's for this call."""
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
         has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
         backend = backends.resolve(self.backend, logits.device.type)
@@ -203,8 +209,10 @@ class DistributionBalancedLoss(nn.Module):
         return entry
 
 
-def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,
-                               avg_factor=None, **options):
+def distribution_balanced_loss(logits: torch.Tensor, labels: torch.Tensor, stats: StatsLike,
+                               weight: Optional[torch.Tensor] = None, *, backend: str = "auto",
+                               validate_labels: Optional[bool] = None,
+                               avg_factor: Optional[Union[float, torch.Tensor]] = None, **options) -> torch.Tensor:
     """Functional form of :class:`DistributionBalancedLoss` (same keywords; ``stats`` a
     :class:`ClassStats`, a preset name or a statistics file)."""
     module = _FUNCTIONAL[_functional_slot(stats, backend, validate_labels, **options)][1]
@@ -248,13 +256,14 @@ class ResampleLoss(DistributionBalancedLoss):
       * ``partial=True`` is accepted: -1 labels are always treated as unknown here.
     """
 
-    def __init__(self, use_sigmoid=True, partial=False, loss_weight=1.0, reduction="mean",
-                 reweight_func=None, weight_norm=None,
-                 focal=dict(focal=True, balance_param=2.0, gamma=2),
-                 map_param=dict(alpha=10.0, beta=0.2, gamma=0.1),
-                 CB_loss=dict(CB_beta=0.9, CB_mode="average_w"),
-                 logit_reg=dict(neg_scale=5.0, init_bias=0.1),
-                 freq_file=None, *, class_freq=None, neg_class_freq=None, stats=None, backend="auto", **kwargs):
+    def __init__(self, use_sigmoid: bool = True, partial: bool = False, loss_weight: float = 1.0,
+                 reduction: str = "mean", reweight_func: Optional[str] = None, weight_norm: Optional[str] = None,
+                 focal: Optional[dict] = dict(focal=True, balance_param=2.0, gamma=2),
+                 map_param: Optional[dict] = dict(alpha=10.0, beta=0.2, gamma=0.1),
+                 CB_loss: Optional[dict] = dict(CB_beta=0.9, CB_mode="average_w"),
+                 logit_reg: Optional[dict] = dict(neg_scale=5.0, init_bias=0.1),
+                 freq_file: Optional[str] = None, *, class_freq=None, neg_class_freq=None,
+                 stats: Optional[ClassStats] = None, backend: str = "auto", **kwargs) -> None:
         if not use_sigmoid:
             raise NotImplementedError("ResampleLoss(use_sigmoid=False) (softmax cross-entropy) is not part of the "
                                       "Distribution-Balanced loss; use torch.nn.CrossEntropyLoss")
@@ -282,7 +291,9 @@ class ResampleLoss(DistributionBalancedLoss):
         super().__init__(stats, backend=backend, **options)
         self.partial = partial
 
-    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None, **kwargs):
+    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction_override: Optional[str] = None,
+                **kwargs) -> torch.Tensor:
         if reduction_override is not None and reduction_override not in ("none", "mean", "sum"):
             raise ValueError(f"reduction_override={reduction_override!r}; use 'none', 'mean' or 'sum'")
         return super().forward(cls_score, label, weight, avg_factor, reduction_override)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from ._labels import check_label_values
 
 _PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = {"coco-mlt": "coco_mlt_stats.npz", "voc-mlt": "voc_mlt_stats.npz"}
+ArrayLike = Any  # a numpy array, a torch tensor or a (nested) sequence of numbers
 
 
 class _RefusedPickle(pickle.UnpicklingError, ValueError):
@@ -130,7 +133,8 @@ class ClassStats:
     ``load`` (``.npz``, ``.json`` or the authors' ``class_freq.pkl``) or ``preset``.
     """
 
-    def __init__(self, class_freq, neg_class_freq=None, train_num=None, *, smooth=None):
+    def __init__(self, class_freq: ArrayLike, neg_class_freq: Optional[ArrayLike] = None,
+                 train_num: Optional[float] = None, *, smooth: Optional[float] = None) -> None:
         freq = _as_counts("class_freq", class_freq)
         if neg_class_freq is None and train_num is None:
             raise ValueError("give neg_class_freq or train_num along with class_freq")
@@ -178,18 +182,19 @@ class ClassStats:
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
-    def from_counts(cls, class_freq, neg_class_freq=None, train_num=None, *, smooth=None):
+    def from_counts(cls, class_freq: ArrayLike, neg_class_freq: Optional[ArrayLike] = None,
+                    train_num: Optional[float] = None, *, smooth: Optional[float] = None) -> "ClassStats":
         return cls(class_freq, neg_class_freq, train_num, smooth=smooth)
 
     @classmethod
-    def from_fractions(cls, fractions, train_num, *, smooth=None):
+    def from_fractions(cls, fractions: ArrayLike, train_num: float, *, smooth: Optional[float] = None) -> "ClassStats":
         frac = _as_counts("fractions", fractions)
         if np.any((frac < 0) | (frac > 1)):
             raise ValueError("fractions must lie in [0, 1] (positives per class / train_num)")
         return cls(frac * float(train_num), train_num=train_num, smooth=smooth)
 
     @classmethod
-    def from_labels(cls, labels, *, distributed=False, smooth=None):
+    def from_labels(cls, labels: ArrayLike, *, distributed: bool = False, smooth: Optional[float] = None) -> "ClassStats":
         """Count positives per class in an N x C label matrix (-1 entries are ignored).
 
         T is the number of rows. With ``distributed=True`` the counts are summed over all
@@ -215,13 +220,13 @@ class ClassStats:
         return cls(counts[:-1], train_num=counts[-1], smooth=smooth)
 
     @classmethod
-    def preset(cls, name):
+    def preset(cls, name: str) -> "ClassStats":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls.load(_PRESET_DIR / PRESETS[name])
 
     @classmethod
-    def load(cls, path, *, smooth=None):
+    def load(cls, path: Union[str, os.PathLike], *, smooth: Optional[float] = None) -> "ClassStats":
         """Load ``.npz`` / ``.json`` written by ``save``, or the authors' ``class_freq.pkl``.
 
         Pickles are read with a restricted unpickler that admits numpy arrays only. A file that
@@ -245,7 +250,7 @@ class ClassStats:
         except ValueError as exc:  # shapes, counts out of range: say which file
             raise ValueError(f"{path}: {exc}") from exc
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         path = Path(path)
         if path.suffix.lower() == ".npz":
             np.savez(path, class_freq=self._freq, neg_class_freq=self._neg, train_num=self._train_num)
@@ -258,19 +263,19 @@ class ClassStats:
 
     # -- read-only views ----------------------------------------------------------------------
     @property
-    def class_freq(self):
+    def class_freq(self) -> np.ndarray:
         return self._freq
 
     @property
-    def neg_class_freq(self):
+    def neg_class_freq(self) -> np.ndarray:
         return self._neg
 
     @property
-    def train_num(self):
+    def train_num(self) -> float:
         return self._train_num
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return self._freq.shape[0]
 
     def __len__(self):
