@@ -11,7 +11,7 @@ import pickle
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
@@ -126,6 +126,41 @@ def _numeric(path, key, value):
     return arr
 
 
+def _counts(labels, what="labels"):
+    """float64 [positives per class..., rows] of an N x C label matrix (-1 entries ignored)."""
+    import torch
+
+    t = torch.as_tensor(labels)
+    if t.dim() != 2:
+        raise ValueError(f"{what} must be a 2-D N x C matrix, got shape {tuple(t.shape)}")
+    check_label_values(t, name=what)  # a 2 would count twice, a 255 everywhere: the loss's own label error
+    t = t.to(torch.float64)
+    return torch.cat([t.clamp(min=0).sum(0), t.new_tensor([t.shape[0]])])
+
+
+def _all_reduce(counts, distributed):
+    """The counts summed over the torch.distributed ranks (distributed=True), else as they are."""
+    if not distributed:
+        return counts
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed=True needs an initialised torch.distributed process group")
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    counts = counts.to(device)
+    dist.all_reduce(counts)
+    return counts
+
+
+def _default_labels(batch):
+    if isinstance(batch, dict) and "labels" in batch:
+        return batch["labels"]
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[1]
+    raise TypeError(f"cannot find the labels in a batch of type {type(batch).__name__}: pass "
+                    "labels=lambda batch: ... to ClassStats.from_loader")
+
+
 class ClassStats:
     """Per-class positive counts n_j (``class_freq``), negatives and the training-set size T.
 
@@ -200,22 +235,42 @@ class ClassStats:
         T is the number of rows. With ``distributed=True`` the counts are summed over all
         ``torch.distributed`` ranks, so every rank gets the statistics of the whole data set.
         """
-        import torch
+        counts = _counts(labels)
+        return cls._from_counts_and_rows(_all_reduce(counts, distributed), smooth)
 
-        t = torch.as_tensor(labels)
-        if t.dim() != 2:
-            raise ValueError(f"labels must be a 2-D N x C matrix, got shape {tuple(t.shape)}")
-        check_label_values(t)  # a 2 would count twice, a 255 everywhere: the loss's own label error
-        t = t.to(torch.float64)
-        counts = torch.cat([t.clamp(min=0).sum(0), t.new_tensor([t.shape[0]])])
-        if distributed:
-            import torch.distributed as dist
+    @classmethod
+    def from_loader(cls, loader: Iterable, labels: Optional[Callable[[Any], ArrayLike]] = None, *,
+                    distributed: bool = False, progress: bool = True, smooth: Optional[float] = None) -> "ClassStats":
+        """Count positives per class over the batches of a ``DataLoader`` (or any iterable), with the
+        same result as ``from_labels`` on all its label rows concatenated.
 
-            if not (dist.is_available() and dist.is_initialized()):
-                raise ValueError("distributed=True needs an initialised torch.distributed process group")
-            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            counts = counts.to(device)
-            dist.all_reduce(counts)
+        ``labels(batch)`` picks a batch's N x C labels; by default ``batch[1]`` of an
+        ``(inputs, labels, ...)`` tuple or ``batch["labels"]`` of a dict. ``progress`` shows a tqdm
+        bar when tqdm is installed. ``distributed=True`` sums the counts over all ranks (each rank
+        passes the loader of its own shard).
+        """
+        pick = labels if labels is not None else _default_labels
+        batches = loader
+        if progress:
+            try:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(loader, desc="class statistics", unit="batch")
+            except ImportError:
+                pass  # tqdm is optional: no bar
+        total = None
+        for i, batch in enumerate(batches):
+            counts = _counts(pick(batch), what=f"labels of batch {i}")
+            if total is not None and counts.shape != total.shape:
+                raise ValueError(f"the labels of batch {i} have {counts.shape[0] - 1} classes, earlier batches "
+                                 f"{total.shape[0] - 1}")
+            total = counts if total is None else total + counts
+        if total is None:
+            raise ValueError("the loader yielded no batch: no statistics to count")
+        return cls._from_counts_and_rows(_all_reduce(total, distributed), smooth)
+
+    @classmethod
+    def _from_counts_and_rows(cls, counts, smooth):
         counts = counts.cpu().numpy()
         return cls(counts[:-1], train_num=counts[-1], smooth=smooth)
 
