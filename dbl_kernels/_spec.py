@@ -44,7 +44,8 @@ REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
 # CPU op only: a mean over the labels != -1 that the op counts itself (aux[0] unused), in a pass far
 # cheaper than torch's (labels != -1).sum() before the call.
 REDUCTION_MEAN_COUNTED = 3
-REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
+# batchmean is a sum scaled by 1/N (aux[0]); per_class has no kernel code yet (the reference runs it)
+REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN, "batchmean": REDUCTION_MEAN}
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,13 @@ def _reweight_mode(cfg: LossConfig):
     return REWEIGHT_NONE
 
 
-def class_params(class_freq: np.ndarray, train_num: float, cfg: LossConfig) -> np.ndarray:
+def class_params(class_freq: np.ndarray | None, train_num: float | None, cfg: LossConfig,
+                 num_classes: int | None = None) -> np.ndarray:
     """The 4 x C per-class table in float64, from the reference's own per-class functions; computed
-    on the host once per loss object and cast once to the compute dtype."""
+    on the host once per loss object and cast once to the compute dtype. Without class statistics
+    (``class_freq`` None: a loss with no re-weighting and no NTR) the table is neutral."""
+    if class_freq is None:
+        class_freq = np.ones(num_classes)
     n = torch.tensor(np.asarray(class_freq, dtype=np.float64))  # a copy: the statistics are read-only
     table = torch.empty((4, n.shape[0]), dtype=torch.float64)
     table[INV_FREQ] = 1.0 / n
@@ -97,7 +102,7 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
     return KernelSpec(
         reweight_mode=mode,
         weight_norm={None: NORM_NONE, "by_instance": NORM_INSTANCE, "by_batch": NORM_BATCH}[cfg.weight_norm],
-        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS[cfg.reduction],
+        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS.get(cfg.reduction, REDUCTION_SUM),
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
         cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
         gamma=float(cfg.gamma),
@@ -120,6 +125,8 @@ def known_count(labels):
 def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
     """The reduction scale when the host knows it (sum/none, or a mean over all N*C entries), else
     None: the mean then divides by avg_factor or by a count of known labels made on the device."""
+    if cfg.reduction == "batchmean":
+        return 1.0 / max(labels.shape[0], 1)
     if cfg.reduction != "mean":
         return 1.0
     if avg_factor is not None or (may_hold_unknown(labels) and has_unknown is not False):

@@ -18,6 +18,7 @@ StatsLike = Union[ClassStats, str]
 
 _LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
+_DB_FIELDS = tuple(f for f in _CONFIG_FIELDS if f not in ("smoothing", "focus_grad"))  # ASL's alone
 
 # The authors' configs per data set (their configs/coco and configs/voc DB-focal files).
 PRESET_CONFIGS = {
@@ -50,7 +51,7 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
                          "flatten extra dimensions into N first")
     if labels.shape != logits.shape:
         raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    if logits.shape[1] != num_classes:
+    if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
                          f"{num_classes} classes; pass the statistics of this label space")
     if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
@@ -86,42 +87,135 @@ def _fast_label_check(labels):
 
 
 def _as_config(kwargs):
-    unknown = sorted(set(kwargs) - set(_CONFIG_FIELDS))
+    unknown = sorted(set(kwargs) - set(_DB_FIELDS))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; the loss accepts {list(_CONFIG_FIELDS)} and backend")
+        raise TypeError(f"unknown option(s) {unknown}; the loss accepts {list(_DB_FIELDS)} and backend")
     return LossConfig(**kwargs)
 
 
-class DistributionBalancedLoss(nn.Module):
+class _FusedLoss(nn.Module):
+    """What every loss of the family shares: input checks, the backend choice and the fused call.
+
+    A subclass sets ``config`` (a LossConfig) and provides ``_class_table(num_classes)`` (the 5 x C
+    float64 table tensor and its KernelSpec) and ``_reference_inputs()`` (class_freq, train_num and
+    pos_weight for the reference, each possibly None).
+    """
+
+    def __init__(self, config: LossConfig, backend: str, validate_labels: Optional[bool]) -> None:
+        super().__init__()
+        backends.check_backend_name(backend)
+        self.config = config
+        self.backend = backend
+        self.validate_labels = validate_labels
+        self._cast_cache = {}
+        self._ops = {}
+
+    num_classes: Optional[int] = None  # None: any
+
+    def _params(self, dtype, device=None, eager=True, num_classes=None):
+        """The class table in the compute dtype on ``device``, cast once per (device, dtype, table)
+        and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
+        buf, _ = self._class_table(num_classes)
+        device = buf.device if device is None else torch.device(device)
+        if not eager or buf.is_inference():
+            # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
+            # built under torch.inference_mode) have no version counter to key a cache on
+            return buf.to(device=device, dtype=dtype).contiguous()
+        key = (device, dtype, buf.shape[1])
+        cached = self._cast_cache.get(key)
+        if cached is None or cached[0] is not buf or cached[1] != buf._version:
+            if len(self._cast_cache) > 8:
+                self._cast_cache.clear()
+            cached = self._cast_cache[key] = (buf, buf._version, buf.to(device=device, dtype=dtype).contiguous())
+        return cached[2]
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction: Optional[str] = None) -> torch.Tensor:
+        """The loss of N x C ``logits`` against ``labels``; ``weight`` broadcasts to N x C and
+        multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
+        overrides the module's for this call."""
+        cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
+        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
+        backend = backends.resolve(self.backend, logits.device.type)
+        if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            backend = "reference"  # the fused kernels treat weight as a constant
+        if backend != "reference" and transformed(logits, weight):
+            backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
+        if backend != "reference" and not _fused_supports(cfg, self._reference_inputs()[2]):
+            backend = "reference"  # TODO(contract v2): asymmetric focusing and per-class sums in the kernels
+        if backend == "reference":
+            return self._reference_loss(logits, labels, cfg, weight, avg_factor)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
+
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
+        reduction = REDUCTIONS[cfg.reduction]
+        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
+            reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
+        eager = is_eager(logits)
+        num_classes = logits.shape[1]
+        _, spec = self._class_table(num_classes)
+        class_freq, train_num, _ = self._reference_inputs()
+        aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager)
+        need_grad = torch.is_grad_enabled() and logits.requires_grad
+        kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
+        params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)
+        op, scalars = self._op(backend, spec, reduction, need_grad)
+        # for a differentiable backward (create_graph=True): the reference, called only then
+        reference_loss = (self._reference_loss, (labels, cfg, weight, avg_factor)) if need_grad and eager else None
+        return ops.call(op, (logits, labels, kernel_weight, params, aux), scalars, reference_loss, eager)
+
+    def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
+        class_freq, train_num, pos_weight = self._reference_inputs()
+        return reference.distribution_balanced_loss(logits, labels, class_freq, train_num, cfg, weight=weight,
+                                                    avg_factor=avg_factor, pos_weight=pos_weight)
+
+    def _op(self, backend, spec, reduction, need_grad):
+        """The fused op and its scalar arguments, built once per (backend, spec, reduction, need_grad)."""
+        key = (backend, spec, reduction, need_grad)
+        entry = self._ops.get(key)
+        if entry is None:
+            if len(self._ops) > 32:
+                self._ops.clear()
+            entry = self._ops[key] = (backends.fused_op(backend),
+                                      ops.op_args(*(None,) * 5, spec, need_grad, reduction)[5:])
+        return entry
+
+    def extra_repr(self):
+        cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
+        return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
+
+
+def _fused_supports(cfg, pos_weight):
+    """Whether the fused kernels compute this configuration (else the call runs the reference)."""
+    return not cfg.asymmetric and cfg.reduction != "per_class" and pos_weight is None
+
+
+class DistributionBalancedLoss(_FusedLoss):
     """Distribution-Balanced loss (Wu et al., ECCV 2020) for multi-label classification.
 
     ``stats`` is a :class:`ClassStats` (or a preset name). Defaults are the authors' COCO-MLT
     config. ``forward(logits, labels, weight=None)`` takes N x C logits and labels (1 positive,
-    0 negative, -1 unknown, or soft labels in [0, 1]).
+    0 negative, -1 unknown, or soft labels in [0, 1]). ``gamma_neg`` (None: ``gamma``) and
+    ``clip`` give DB asymmetric focusing (see README: DB-ASL).
     """
 
     def __init__(self, stats: StatsLike, *, reweight: Optional[str] = "rebalance", weight_norm: Optional[str] = None,
                  focal: bool = True, gamma: float = 2.0, balance_param: float = 2.0, logit_reg: bool = True,
                  neg_scale: float = 2.0, init_bias: float = 0.05, ntr_bias: str = "official", map_alpha: float = 0.1,
                  map_beta: float = 10.0, map_gamma: float = 0.2, cb_beta: float = 0.9, cb_mode: str = "average_w",
-                 loss_weight: float = 1.0, reduction: str = "mean", backend: str = "auto",
-                 validate_labels: Optional[bool] = None) -> None:
-        super().__init__()
+                 loss_weight: float = 1.0, reduction: str = "mean", gamma_neg: Optional[float] = None,
+                 clip: float = 0.0, backend: str = "auto", validate_labels: Optional[bool] = None) -> None:
+        config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
+                            balance_param=balance_param, logit_reg=logit_reg, neg_scale=neg_scale,
+                            init_bias=init_bias, ntr_bias=ntr_bias, map_alpha=map_alpha, map_beta=map_beta,
+                            map_gamma=map_gamma, cb_beta=cb_beta, cb_mode=cb_mode, loss_weight=loss_weight,
+                            reduction=reduction, gamma_neg=gamma_neg, clip=clip)
+        super().__init__(config, backend, validate_labels)
         self.stats = _as_stats(stats)
-        self.config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
-                                 balance_param=balance_param, logit_reg=logit_reg, neg_scale=neg_scale,
-                                 init_bias=init_bias, ntr_bias=ntr_bias, map_alpha=map_alpha,
-                                 map_beta=map_beta, map_gamma=map_gamma, cb_beta=cb_beta, cb_mode=cb_mode,
-                                 loss_weight=loss_weight, reduction=reduction)
-        backends.check_backend_name(backend)
-        self.backend = backend
-        self.validate_labels = validate_labels
         self._table = class_params(self.stats.class_freq, self.stats.train_num, self.config)
         self.spec = kernel_spec(self._table, self.config)
         self.register_buffer("class_freq", torch.from_numpy(self.stats.class_freq.copy()), persistent=False)
         self.register_buffer("class_params", torch.from_numpy(self._table.copy()), persistent=False)
-        self._cast_cache = {}
-        self._ops = {}
 
     def _apply(self, fn, *args, **kwargs):
         """Buffers follow the device of ``.to()`` / ``.cuda()``, but the class statistics stay
@@ -143,70 +237,11 @@ class DistributionBalancedLoss(nn.Module):
     def num_classes(self) -> int:
         return self.stats.num_classes
 
-    def extra_repr(self):
-        cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
-        return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
+    def _class_table(self, num_classes=None):
+        return self._buffers["class_params"], self.spec  # not self.class_params: Module.__getattr__ is slow
 
-    def _params(self, dtype, device=None, eager=True):
-        """class_params in the compute dtype on ``device``, cast once per (device, dtype) and buffer
-        version (a module not moved with ``.to()`` still works, like the reference)."""
-        buf = self._buffers["class_params"]  # not self.class_params: Module.__getattr__ is slow
-        device = buf.device if device is None else torch.device(device)
-        if not eager or buf.is_inference():
-            # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
-            # built under torch.inference_mode) have no version counter to key a cache on
-            return buf.to(device=device, dtype=dtype).contiguous()
-        cached = self._cast_cache.get((device, dtype))
-        if cached is None or cached[0] is not buf or cached[1] != buf._version:
-            if len(self._cast_cache) > 8:
-                self._cast_cache.clear()
-            cached = self._cast_cache[(device, dtype)] = (buf, buf._version, buf.to(device=device, dtype=dtype).contiguous())
-        return cached[2]
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction: Optional[str] = None) -> torch.Tensor:
-        """The loss of N x C ``logits`` against ``labels``; ``weight`` broadcasts to N x C and
-        multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
-        overrides the module's for this call."""
-        cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
-        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
-        backend = backends.resolve(self.backend, logits.device.type)
-        if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
-            backend = "reference"  # the fused kernels treat weight as a constant
-        if backend != "reference" and transformed(logits, weight):
-            backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
-        if backend == "reference":
-            return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
-                                                        cfg, weight=weight, avg_factor=avg_factor)
-        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
-
-    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
-        reduction = REDUCTIONS[cfg.reduction]
-        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
-            reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
-        eager = is_eager(logits)
-        aux = make_aux(logits, labels, cfg, self.spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown, reduction, eager)
-        need_grad = torch.is_grad_enabled() and logits.requires_grad
-        kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
-        tensors = (logits, labels, kernel_weight, self._params(reference.compute_dtype(logits), logits.device, eager), aux)
-        op, scalars = self._op(backend, reduction, need_grad)
-        # for a differentiable backward (create_graph=True): the reference, called only then
-        reference_loss = (self._reference_loss, (labels, cfg, weight, avg_factor)) if need_grad and eager else None
-        return ops.call(op, tensors, scalars, reference_loss, eager)
-
-    def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
-        return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num, cfg,
-                                                    weight=weight, avg_factor=avg_factor)
-
-    def _op(self, backend, reduction, need_grad):
-        """The fused op and its scalar arguments, built once per (backend, reduction, need_grad)."""
-        key = (backend, reduction, need_grad)
-        entry = self._ops.get(key)
-        if entry is None:
-            entry = self._ops[key] = (backends.fused_op(backend),
-                                      ops.op_args(*(None,) * 5, self.spec, need_grad, reduction)[5:])
-        return entry
+    def _reference_inputs(self):
+        return self._buffers["class_freq"], self.stats.train_num, None
 
 
 def distribution_balanced_loss(logits: torch.Tensor, labels: torch.Tensor, stats: StatsLike,
@@ -232,8 +267,8 @@ def _functional_slot(stats, backend, validate_labels, **options):
     key = (stats if isinstance(stats, str) else id(stats), backend, validate_labels, config)
     slot = _SLOTS.get(key)
     if slot is None or not isinstance(stats, str) and _FUNCTIONAL[slot][0] is not stats:
-        module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels,
-                                          **dataclasses.asdict(config))
+        options = {k: v for k, v in dataclasses.asdict(config).items() if k in _DB_FIELDS}
+        module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels, **options)
         if len(_FUNCTIONAL) > 32:
             _FUNCTIONAL.clear()
             _SLOTS.clear()

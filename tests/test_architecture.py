@@ -28,6 +28,7 @@ LAYERS = [
     ["triton_kernel"],
     ["backends"],
     ["loss"],
+    ["asymmetric"],
     ["__init__"],
     ["demo"],  # the training demo, on top of the API
 ]
