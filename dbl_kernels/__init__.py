@@ -1,10 +1,12 @@
 """dbl_kernels: the Distribution-Balanced loss (Wu et al., ECCV 2020), fused and exact."""
 from .asymmetric import AsymmetricLoss, AsymmetricLossMultiLabel, asymmetric_loss
 from .backends import available_backends, cpu_threads
+from .linear import LinearDistributionBalancedLoss, linear_distribution_balanced_loss
 from .loss import PRESET_CONFIGS, DistributionBalancedLoss, ResampleLoss, distribution_balanced_loss
 from .stats import ClassStats
 
 __version__ = "0.1.0"
 __all__ = ["DistributionBalancedLoss", "distribution_balanced_loss", "ResampleLoss", "ClassStats",
            "AsymmetricLoss", "AsymmetricLossMultiLabel", "asymmetric_loss",
+           "LinearDistributionBalancedLoss", "linear_distribution_balanced_loss",
            "available_backends", "cpu_threads", "PRESET_CONFIGS", "__version__"]

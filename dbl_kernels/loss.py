@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from . import backends, ops, reference
+from . import _sparse, backends, ops, reference
 from ._labels import check_label_values
 from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
 from ._tracing import is_eager, transformed
@@ -79,6 +79,19 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     return None
 
 
+def _check_sparse(logits, labels, num_classes, validate_labels):
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if num_classes is not None and logits.dim() == 2 and logits.shape[1] != num_classes:
+        raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
+                         f"{num_classes} classes; pass the statistics of this label space")
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but logits on {logits.device}; move them to one device")
+    validate = labels.device.type == "cpu" and not torch.compiler.is_compiling() if validate_labels is None \
+        else validate_labels
+    _sparse.check_csr(labels, logits.shape, validate)
+
+
 def _fast_label_check(labels):
     """The C++ one-pass label check where it applies (plain calls on CPU tensors), else None."""
     if labels.device.type == "cpu" and backends.has_backend("cpu") and is_eager(labels):
@@ -135,6 +148,10 @@ class _FusedLoss(nn.Module):
         multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
         overrides the module's for this call."""
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
+        if _sparse.is_csr(labels):
+            # TODO(contract v2): the fused kernels read the CSR arrays; until then a dense int8 copy
+            _check_sparse(logits, labels, self.num_classes, self.validate_labels)
+            labels = _sparse.to_dense(labels, torch.int8 if labels.values().dtype != torch.bool else torch.bool)
         has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():

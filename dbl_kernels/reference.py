@@ -150,18 +150,46 @@ def known(labels):
     return (labels != -1).to(labels.dtype)
 
 
-def rebalance_weight(labels, class_freq, cfg: LossConfig):
+def needs_row_statistics(cfg: LossConfig) -> bool:
+    """Whether the weights depend on whole rows (rebalance, the CB row modes)."""
+    return cfg.reweight == "rebalance" or (cfg.reweight == "CB" and cfg.cb_mode != "by_class")
+
+
+def row_statistics(labels, class_freq, cfg: LossConfig):
+    """The per-row sums the row-dependent weights need, as (A, B), each N x 1 (None for the class-
+    vector weights): rebalance A = r_i = sum_j y+_ij / n_j; CB average_w A = sum_j y+ cb_j, average_n
+    A = sum_j y+ n_j, min_n A = max over positives of cb_j (cb falls with n: the rarest positive's);
+    B = sum_j y+. They span all C classes: a caller that works on a slice of the columns (the
+    chunked classifier) computes them once and hands them to reweight()."""
+    if not needs_row_statistics(cfg):
+        return None
+    pos = positives(labels)
+    dtype = labels.dtype
+    count = pos.sum(dim=1, keepdim=True)
+    if cfg.reweight == "rebalance":
+        table = 1.0 / class_freq.to(torch.float64)
+    elif cfg.cb_mode == "average_n":
+        table = class_freq
+    else:
+        table = class_balanced_weight(class_freq, cfg.cb_beta)
+    table = table.to(dtype)
+    if cfg.reweight == "CB" and cfg.cb_mode == "min_n":
+        return torch.where(pos > 0, table.expand_as(labels), 0).amax(dim=1, keepdim=True), count
+    return (pos * table).sum(dim=1, keepdim=True), count
+
+
+def rebalance_weight(labels, class_freq, cfg: LossConfig, stats=None):
     """DB re-balancing: w_ij = alpha + sigmoid(beta * ((1/n_j) / r_i - gamma)), r_i = sum_j y_ij/n_j.
 
     (1/n_j)/r_i is the ratio of the class-level sampling probability to the instance-level one
     under class-aware re-sampling; a row with no positive has r_i = 0 and so weight alpha + 1.
     """
     inv_freq = (1.0 / class_freq.to(torch.float64)).to(labels.dtype)
-    repeat_rate = (positives(labels) * inv_freq).sum(dim=1, keepdim=True)
+    repeat_rate = (stats or row_statistics(labels, class_freq, cfg))[0]
     return torch.sigmoid(cfg.map_beta * (inv_freq / repeat_rate - cfg.map_gamma)) + cfg.map_alpha
 
 
-def cb_weight(labels, class_freq, cfg: LossConfig):
+def cb_weight(labels, class_freq, cfg: LossConfig, stats=None):
     """Class-balanced weight, per class or per row (averaged over the row's positives).
 
     A row without any positive has nothing to average over: it falls back to the per-class weight
@@ -171,16 +199,13 @@ def cb_weight(labels, class_freq, cfg: LossConfig):
     per_class = class_balanced_weight(class_freq, cfg.cb_beta).to(dtype).expand_as(labels)
     if cfg.cb_mode == "by_class":
         return per_class
-    pos = positives(labels)
-    count = pos.sum(dim=1, keepdim=True)
-    n = class_freq.to(dtype)
+    total, count = stats or row_statistics(labels, class_freq, cfg)
     if cfg.cb_mode == "average_w":
-        row = (pos * per_class).sum(dim=1, keepdim=True) / count
+        row = total / count
     elif cfg.cb_mode == "average_n":
-        row = class_balanced_weight((pos * n).sum(dim=1, keepdim=True) / count, cfg.cb_beta).to(dtype)
+        row = class_balanced_weight(total / count, cfg.cb_beta).to(dtype)
     else:  # min_n: the rarest positive class sets the row's weight
-        min_n = torch.where(pos > 0, n.expand_as(labels), torch.inf).amin(dim=1, keepdim=True)
-        row = class_balanced_weight(min_n, cfg.cb_beta).to(dtype)
+        row = total
     return torch.where(count > 0, row.expand_as(labels), per_class)
 
 
@@ -189,22 +214,24 @@ def inverse_weight(labels, class_freq, train_num, cfg: LossConfig):
     return class_weight(class_freq, train_num, cfg).to(labels.dtype).expand_as(labels)
 
 
-def reweight(labels, class_freq, train_num, cfg: LossConfig):
+def reweight(labels, class_freq, train_num, cfg: LossConfig, stats=None):
+    """The re-weighting; ``stats``: the row statistics when ``labels`` are a slice of the columns."""
     if cfg.reweight == "rebalance":
-        return rebalance_weight(labels, class_freq, cfg)
+        return rebalance_weight(labels, class_freq, cfg, stats)
     if cfg.reweight == "CB":
-        return cb_weight(labels, class_freq, cfg)
+        return cb_weight(labels, class_freq, cfg, stats)
     if cfg.reweight in ("inv", "sqrt_inv"):
         return inverse_weight(labels, class_freq, train_num, cfg)
     return torch.ones_like(labels)
 
 
-def normalize(weight, cfg: LossConfig):
-    """Optional weight_norm: divide by the row max or the batch max (over all C columns)."""
+def normalize(weight, cfg: LossConfig, row_max=None, batch_max=None):
+    """Optional weight_norm: divide by the row max or the batch max (over all C columns; given by
+    a caller that works on a slice of the columns)."""
     if cfg.weight_norm == "by_instance":
-        return weight / weight.amax(dim=1, keepdim=True)
+        return weight / (weight.amax(dim=1, keepdim=True) if row_max is None else row_max)
     if cfg.weight_norm == "by_batch" and weight.numel() > 0:
-        return weight / weight.amax()
+        return weight / (weight.amax() if batch_max is None else batch_max)
     return weight
 
 
@@ -411,10 +438,12 @@ def compute_dtype(logits):
 
 
 def distribution_balanced_loss(logits, labels, class_freq, train_num, cfg: LossConfig,
-                               weight=None, avg_factor=None, pos_weight=None):
+                               weight=None, avg_factor=None, pos_weight=None, rows=None):
     """Reference DB loss. ``class_freq`` is a 1-D tensor of n_j, ``train_num`` T (float); both may
     be None for a loss that uses no class statistics (no re-weighting, no NTR: ASL).
     ``pos_weight`` (broadcast to the classes) multiplies the positive log term (ASL's form).
+    ``rows = (stats, row_max, batch_max)``: what the weights need from all C classes, for a call on
+    a slice of the columns (the chunked classifier); see row_statistics and normalize.
 
     Math runs in fp32 (fp64 for fp64 logits); the loss comes back in that dtype and the gradient
     with respect to ``logits`` in the logits' dtype (autograd casts it back).
@@ -428,7 +457,8 @@ def distribution_balanced_loss(logits, labels, class_freq, train_num, cfg: LossC
         x, w = z, torch.ones_like(y)
     else:
         n = class_freq.to(device=z.device, dtype=torch.float64)
-        w = normalize(reweight(y, n, train_num, cfg), cfg)
+        stats, row_max, batch_max = rows or (None, None, None)
+        w = normalize(reweight(y, n, train_num, cfg, stats), cfg, row_max, batch_max)
         x, w = negative_tolerant(z, w, y, ntr_bias(n, train_num, cfg).to(dtype), cfg)
     if pos_weight is not None:
         pos_weight = torch.as_tensor(pos_weight, dtype=dtype, device=z.device)

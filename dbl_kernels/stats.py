@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 import numpy as np
 
+from . import _sparse
 from ._labels import check_label_values
 
 _PRESET_DIR = Path(__file__).parent / "presets"
@@ -130,6 +131,11 @@ def _counts(labels, what="labels"):
     """float64 [positives per class..., rows] of an N x C label matrix (-1 entries ignored)."""
     import torch
 
+    if _sparse.is_csr(labels):
+        _sparse.check_csr(labels, labels.shape, validate=True)
+        values, cols = labels.values(), labels.col_indices()
+        positives = torch.bincount(cols[values > 0], minlength=labels.shape[1]).to(torch.float64).cpu()
+        return torch.cat([positives, positives.new_tensor([labels.shape[0]])])
     t = torch.as_tensor(labels)
     if t.dim() != 2:
         raise ValueError(f"{what} must be a 2-D N x C matrix, got shape {tuple(t.shape)}")
