@@ -72,3 +72,16 @@ def known_count(labels: torch.Tensor) -> torch.Tensor:
     """The entries that are not unknown: N * C minus the stored -1s (a device tensor)."""
     n_rows, n_cols = labels.shape
     return n_rows * n_cols - (labels.values() == -1).sum()
+
+
+def select_rows(labels: torch.Tensor, rows) -> torch.Tensor:
+    """The CSR labels of ``rows`` (indices, in their order), as CSR: a batch of a CSR label matrix
+    (torch has no ``index_select`` for CSR tensors)."""
+    crow, col, values = labels.crow_indices(), labels.col_indices(), labels.values()
+    rows = torch.as_tensor(rows, dtype=torch.int64, device=crow.device)
+    starts, counts = crow[rows], crow[rows + 1] - crow[rows]
+    new_crow = torch.cat([crow.new_zeros(1), counts.cumsum(0).to(crow.dtype)])
+    # the position of every kept entry: its row's start plus its offset within the row
+    offsets = torch.arange(int(new_crow[-1]), device=crow.device) - torch.repeat_interleave(new_crow[:-1], counts)
+    index = torch.repeat_interleave(starts, counts) + offsets
+    return torch.sparse_csr_tensor(new_crow, col[index], values[index], size=(rows.numel(), labels.shape[1]))

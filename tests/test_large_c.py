@@ -143,3 +143,23 @@ def test_fused_classifier_under_autocast():
     assert loss.dtype == torch.float32 and hidden.grad.dtype == torch.float32
     expect = dk.DistributionBalancedLoss(stats, backend="reference")(module.logits(hidden), y)
     torch.testing.assert_close(loss, expect, rtol=3e-2, atol=1e-3)  # bf16 matmuls, fp32 loss math
+
+
+def test_readme_xmc_example_reads_a_label_file(tmp_path):
+    # the README's reader, run: one line of label ids per sample into CSR, then a batch of rows
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    source = re.search(r"(def read_xmc_labels.*?size=\(len\(crow\) - 1, num_classes\)\))", readme, re.S).group(1)
+    scope = {"torch": torch}
+    exec(source, scope)
+    path = tmp_path / "labels.txt"
+    path.write_text("1 5 3\n2\n\n7,1\n")
+    labels = scope["read_xmc_labels"](str(path), 10)
+    dense = torch.zeros(4, 10, dtype=torch.int8)
+    for row, ids in enumerate(([1, 3, 5], [2], [], [1, 7])):
+        dense[row, ids] = 1
+    assert torch.equal(labels.to_dense(), dense)
+    batch = dk.csr_select_rows(labels, [3, 0, 2])
+    assert torch.equal(batch.to_dense(), dense[[3, 0, 2]])
