@@ -470,7 +470,7 @@ struct Block {
     const bool store_grad = P::GRAD && a.need_grad;
     const Z* zi = opaque(zitem(row0));
     const char* yi = opaque(yitem(row0));
-    Z* gi = opaque(static_cast<Z*>(a.grad) + row0 * C);  // outputs are contiguous N x C
+    Z* gi = a.grad ? opaque(static_cast<Z*>(a.grad) + row0 * C) : nullptr;  // outputs: contiguous N x C
     T* li = a.loss + row0 * C;
     ex.each([&](int t) {
       T accf = T(0);
@@ -548,6 +548,7 @@ struct Block {
         sh.inv_batch = rows ? Fn::rcp(from_max_key(*a.bmax, T(0))) : a.inv_batch;
       }
     });
+    ex.sync();  // sh.inv_batch is read by every thread's row step
     // Item `block`, then every `nblocks`-th: as (first row, first chunk), stepped without divisions.
     int64_t row0 = static_cast<int64_t>(static_cast<uint32_t>(block) / static_cast<uint32_t>(g.tiles)) * g.rows;
     int64_t ch0 = static_cast<uint32_t>(block) % static_cast<uint32_t>(g.tiles);

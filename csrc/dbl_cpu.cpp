@@ -225,7 +225,9 @@ MathFn<T> pick_focal(int focal, int labels) {
     case FOCAL_POW:
       return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_POW, LABELS_SOFT, GRAD>()
                                    : L::template math<REBAL, FOCAL_POW, LABELS_BINARY, GRAD>();
-    default: return L::template math<REBAL, FOCAL_OFF, LABELS_BINARY, GRAD>();  // p_t not needed
+    default:  // no p_t; soft labels still change the NTR factors
+      return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_OFF, LABELS_SOFT, GRAD>()
+                                   : L::template math<REBAL, FOCAL_OFF, LABELS_BINARY, GRAD>();
   }
 }
 
@@ -340,7 +342,7 @@ class Runner {
     stat_tbl_ = p.params + row_stat_param(s.reweight) * p.C;
     tw_ = p.params + weight_param(s.reweight) * p.C;
     bias_ = p.params + P_BIAS * p.C;
-    soft_possible_ = s.focal != FOCAL_OFF && at::isFloatingType(p.yt);
+    soft_possible_ = (s.focal != FOCAL_OFF || s.ntr) && at::isFloatingType(p.yt);
     // by_batch over a constant or class-vector weight: the batch max is known without the rows
     inv_batch_ = s.reweight == RW_CLASS ? T(1) / s.w_max : T(1);
     std::fill(ones_, ones_ + kChunk, T(1));

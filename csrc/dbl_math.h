@@ -218,6 +218,7 @@ struct CpuFns : F64Fns {
   using F64Fns::log1p01;
   using F64Fns::expm1;
   static constexpr bool kCheapL = false;
+  static constexpr bool kOneDivision = true;
   static DBL_HD float ex2(float x) { return fexp2(x); }
   static DBL_HD float lg2(float v) { return flog2(v); }
   static DBL_HD float rcp(float x) { return 1.0f / x; }
@@ -240,6 +241,7 @@ struct DeviceFormula : F64Fns {
   using F64Fns::log1p01;
   using F64Fns::expm1;
   static constexpr bool kCheapL = true;
+  static constexpr bool kOneDivision = false;
   static DBL_HD float ex2(float x) { return I::ex2(x); }
   static DBL_HD float lg2(float v) { return I::lg2(v); }
   static DBL_HD float rcp(float x) { return I::rcp(x); }
@@ -496,7 +498,7 @@ DBL_HD T element(T z, T yp, T f, T tw, T bias, const RowConst<T>& r, const ElemC
   constexpr bool binary = LABELS == LABELS_BINARY;
   constexpr T ln2 = static_cast<T>(0.6931471805599453);
   const bool pos = yp != T(0);
-  const T w = (wform == WF_REBAL ? Fn::rcp(T(1) + Fn::ex2(r.u * tw + k.c0)) * r.v + r.av : r.u * tw + r.v) * f;
+  const T eb = wform == WF_REBAL ? Fn::ex2(r.u * tw + k.c0) : T(0);  // the rebalance sigmoid is 1 / (1 + eb)
   // NTR: x = (z + b) s with s = y+ + lam (1 - y+); the loss weight gets the factor
   // lw = y+ + (1 - y+) / lam, d loss / d z the factor gf = s lw (1 for y+ in {0, 1}).
   T x = z, lw = T(1), gf = T(1);
@@ -515,7 +517,19 @@ DBL_HD T element(T z, T yp, T f, T tw, T bias, const RowConst<T>& r, const ElemC
   const T ax = dabs(x);
   const T e = Fn::exp_neg(ax);         // exp(-|x|) in (0, 1]
   const T w1 = T(1) + e;
-  const T inv = Fn::rcp(w1);           // sigmoid(|x|)
+  T inv, sig_rb;                       // sigmoid(|x|), the rebalance sigmoid
+  if (Fn::kOneDivision && sizeof(T) == 4 && wform == WF_REBAL) {
+    // One division for both (a CPU's divider is its slowest unit): 1/a = b / (ab). eb is capped
+    // so that ab stays finite; the sigmoid it loses is below 2^-100.
+    const T b = T(1) + (eb < T(1e30f) ? eb : T(1e30f));
+    const T rab = Fn::rcp(w1 * b);
+    inv = b * rab;
+    sig_rb = w1 * rab;
+  } else {
+    inv = Fn::rcp(w1);
+    sig_rb = wform == WF_REBAL ? Fn::rcp(T(1) + eb) : T(0);
+  }
+  const T w = (wform == WF_REBAL ? sig_rb * r.v + r.av : r.u * tw + r.v) * f;
   const T q = e * inv;                 // sigmoid(-|x|)
   const bool xpos = x >= T(0);
   const T relu = xpos ? x : T(0);
@@ -525,7 +539,9 @@ DBL_HD T element(T z, T yp, T f, T tw, T bias, const RowConst<T>& r, const ElemC
   }
   // u = 1 - p_t with p_t = exp(-l). For y+ in {0, 1}, p_t is sigmoid(x) or sigmoid(-x): on the
   // correct side of 0, p_t = sigmoid(|x|) and u = sigmoid(-|x|), else the other way round.
-  const bool correct = xpos == pos;
+  // (g++ vectorises a comparison of the margin, not an equality of two comparisons; at x = 0 both
+  // choices below give the same values)
+  const bool correct = Fn::kCheapL ? xpos == pos : (pos ? x : -x) >= T(0);
   T u = correct ? q : inv;
   T pt = correct ? inv : q;
   if constexpr (Fn::kCheapL && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary) {
