@@ -354,10 +354,14 @@ struct Block {
       float t[kVec];
       load8(tbl + c, t);
       for (int e = 0; e < kVec; ++e) {
-        if (((yb.w[e / 4] >> (8 * (e % 4))) & 0xffu) != 0) {  // binary labels: one predicated add
+        const bool pos = ((yb.w[e / 4] >> (8 * (e % 4))) & 0xffu) != 0;
+        if (KIND == STAT_MAX) {  // the CB weights are positive: a non-positive label adds 0 to the max
+          count += pos ? T(1) : T(0);
+          const T v = pos ? t[e] : T(0);
+          stat = v > stat ? v : stat;
+        } else if (pos) {  // binary labels: predicated adds
           if (KIND != kStatSumOnly) count += T(1);
-          if (KIND == STAT_MAX) stat = t[e] > stat ? t[e] : stat;
-          else stat += t[e];
+          stat += t[e];
         }
       }
     } else {

@@ -636,7 +636,10 @@ at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
     case 1: for (int64_t i = 0; i < n; ++i) b[i] = fexpm1(a[i]); break;
     case 2: for (int64_t i = 0; i < n; ++i) b[i] = flog1p01(a[i]); break;
     case 3: for (int64_t i = 0; i < n; ++i) b[i] = flog(a[i]); break;
-    default: TORCH_CHECK(false, "dbl::_cpu_math: fn must be 0 (exp), 1 (expm1), 2 (log1p on [0,1]) or 3 (log)");
+    case 4: for (int64_t i = 0; i < n; ++i) b[i] = fexp2(a[i]); break;
+    case 5: for (int64_t i = 0; i < n; ++i) b[i] = flog2(a[i]); break;
+    default:
+      TORCH_CHECK(false, "dbl::_cpu_math: fn must be 0 (exp), 1 (expm1), 2 (log1p on [0,1]), 3 (log), 4 (exp2) or 5 (log2)");
   }
   return out;
 }

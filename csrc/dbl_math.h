@@ -131,7 +131,8 @@ DBL_HD float fexp(float x) {
   xc = xc > 88.7228394f ? 88.7228394f : xc;
   float n;
   int32_t ni;
-  const float y = detail::scale_pow2(detail::reduce_ln2(xc, n, ni), ni);
+  const float r = detail::reduce_ln2(xc, n, ni);  // (sets ni: not in the same call's argument list)
+  const float y = detail::scale_pow2(r, ni);
   return x < detail::kExpUnder ? 0.0f : y;
 }
 
@@ -222,7 +223,15 @@ struct CpuFns : F64Fns {
   static DBL_HD float ex2(float x) { return fexp2(x); }
   static DBL_HD float lg2(float v) { return flog2(v); }
   static DBL_HD float rcp(float x) { return 1.0f / x; }
-  static DBL_HD float exp_neg(float a) { return ex2(-a * detail::kLog2e); }
+  // exp(-a), a >= 0: no overflow clamp, and below 2^-125 the result stays 2^-125 instead of
+  // flushing to 0 (its effect on l and the gradient is below their rounding).
+  static DBL_HD float exp_neg(float a) {
+    float x = -a * detail::kLog2e;
+    x = x < -125.0f ? -125.0f : x;
+    const float t = x + detail::kRoundMagic;
+    const float n = t - detail::kRoundMagic;
+    return detail::scale_pow2((x - n) * detail::kLn2, float_bits(t) - float_bits(detail::kRoundMagic));
+  }
   static DBL_HD float log1p01(float e, float, float) { return flog1p01(e); }
   static DBL_HD float expm1(float x) { return fexpm1(x); }
 };
@@ -254,7 +263,7 @@ struct DeviceFormula : F64Fns {
   static DBL_HD float expm1(float x) { return fexpm1(x); }
 };
 
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)
 struct MufuIntrinsics {
   static __device__ __forceinline__ float ex2(float x) {
     float y;
@@ -273,7 +282,8 @@ struct MufuIntrinsics {
   }
 };
 using GpuFns = DeviceFormula<MufuIntrinsics>;
-#else
+#endif
+#if !defined(__CUDA_ARCH__)
 // Host stand-ins for the three MUFU instructions: exact (ERR = 0), or off by their worst case in
 // one direction (ERR = +1 / -1): ex2 2^-21 relative, lg2 2^-22 absolute on [1/2, 2] and 2^-21
 // relative elsewhere, rcp 2^-22 relative (the PTX ISA's bounds, rounded up).

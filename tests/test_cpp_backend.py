@@ -368,6 +368,9 @@ def test_elementary_functions_within_two_ulp():
         1: (np.concatenate([rng.uniform(-87, 1, 500_000), -np.exp(rng.uniform(-30, 4.4, 500_000))]), np.expm1),
         2: (np.concatenate([rng.uniform(0, 1, 500_000), np.exp(rng.uniform(-80, 0, 500_000))]), np.log1p),
         3: (np.concatenate([rng.uniform(1e-6, 1, 500_000), np.exp(rng.uniform(-100, 0, 500_000))]), np.log),
+        # exp2 and log2: the CPU's exact stand-ins for the GPU's ex2/lg2.approx (see dbl_math.h)
+        4: (np.concatenate([rng.uniform(-125, 128, 500_000), -np.exp(rng.uniform(-30, 4.8, 500_000))]), np.exp2),
+        5: (np.concatenate([rng.uniform(1e-6, 2, 500_000), np.exp(rng.uniform(-86, 0, 500_000))]), np.log2),
     }
     for fn, (x, ref) in cases.items():
         x32 = x.astype(np.float32)
