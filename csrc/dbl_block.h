@@ -261,6 +261,7 @@ struct KArgs {
   const T* w;  // weight_ij (compute dtype, strides ws0, ws1) or null
   int64_t ws0, ws1;
   const T* params;
+  const T* stat_tbl;  // the class_params row of the row statistic
   const T* aux;
   T* loss;
   void* grad;
@@ -318,11 +319,12 @@ struct Block {
   struct Chunk {
     I cs, n;
   };
-  DBL_BLK Chunk chunk(int64_t ch, int64_t nrows) const {
+  DBL_BLK Chunk chunk(I ch, I nrows) const {
     Chunk c;
-    c.cs = static_cast<I>(ch * a.g.slots);
-    const int64_t n = nrows * a.g.vpr - ch * a.g.slots;
-    c.n = static_cast<I>(n < a.g.slots ? n : a.g.slots);
+    const I slots = static_cast<I>(a.g.slots);
+    c.cs = ch * slots;
+    const I n = nrows * static_cast<I>(a.g.vpr) - c.cs;  // packed: ch = 0; else one row
+    c.n = n < slots ? n : slots;
     return c;
   }
   // Slot s of chunk c: its row within the item and its vector index in the row. A slot past the
@@ -378,7 +380,7 @@ struct Block {
     const char* yi = opaque(yitem(row0));
     tbl = opaque(tbl);
     if (nch == 1) {  // a partial per slot
-      const Chunk cn = chunk(0, nrows);
+      const Chunk cn = chunk(0, static_cast<I>(nrows));
       ex.each([&](int t) {
         DBL_NO_UNROLL
         for (int k = 0; k < a.g.rounds; ++k) {
@@ -394,8 +396,8 @@ struct Block {
     }
     ex.each([&](int t) {  // a partial per thread, over the chunks of one row
       T cnt = T(0), st = T(0);
-      for (int64_t ch = 0; ch < nch; ++ch) {
-        const Chunk cn = chunk(ch, nrows);
+      for (I ch = 0; ch < static_cast<I>(nch); ++ch) {
+        const Chunk cn = chunk(ch, static_cast<I>(nrows));
         DBL_NO_UNROLL
         for (int k = 0; k < a.g.rounds; ++k) {
           const Slot sl = slot(t + k * kThreads, cn);
@@ -420,16 +422,17 @@ struct Block {
     static_assert(kThreads == 256, "t / R below is t >> (8 - log2 G)");
     const int G = a.g.G, lg = a.g.log2G;
     const int R = kThreads >> lg;
-    const int64_t L = nch > 1 ? kThreads : a.g.vpr;  // partials per row
+    const int L = nch > 1 ? kThreads : static_cast<int>(a.g.vpr);  // partials per row (<= max_slots)
     const auto comb = [](T x, T y) { return KIND == STAT_MAX ? (y > x ? y : x) : x + y; };
     ex.sync();
     if (G == 1) {
       ex.each([&](int t) {
-        for (int64_t r = t; r < nrows; r += kThreads) {
+        for (int r = t; r < nrows; r += kThreads) {
           T c = T(0), s = T(0);
-          for (int64_t j = 0; j < L; ++j) {
-            if (KIND != kStatSumOnly) c += sh.cnt[r * L + j];
-            s = comb(s, sh.stat[r * L + j]);
+          DBL_NO_UNROLL  // a handful of partials (vectors per row): unrolling only adds set-up code
+          for (int j = r * L; j < (r + 1) * L; ++j) {
+            if (KIND != kStatSumOnly) c += sh.cnt[j];
+            s = comb(s, sh.stat[j]);
           }
           finish(t, r, c, s);
         }
@@ -440,7 +443,7 @@ struct Block {
       const int r = t & (R - 1);
       T c = T(0), s = T(0);
       if (r < nrows) {
-        for (int64_t j = t >> (8 - lg); j < L; j += G) {  // t / R: this thread's lane in the row
+        for (int j = t >> (8 - lg); j < L; j += G) {  // t / R: this thread's lane in the row
           if (KIND != kStatSumOnly) c += sh.cnt[r * L + j];
           s = comb(s, sh.stat[r * L + j]);
         }
@@ -475,11 +478,11 @@ struct Block {
     const Z* zi = opaque(zitem(row0));
     const char* yi = opaque(yitem(row0));
     Z* gi = a.grad ? opaque(static_cast<Z*>(a.grad) + row0 * C) : nullptr;  // outputs: contiguous N x C
-    T* li = a.loss + row0 * C;
+    T* li = opaque(a.loss + row0 * C);
     ex.each([&](int t) {
       T accf = T(0);
-      for (int64_t ch = ch0; ch < ch0 + nch; ++ch) {
-        const Chunk cn = chunk(ch, nrows);
+      for (I ch = static_cast<I>(ch0); ch < static_cast<I>(ch0 + nch); ++ch) {
+        const Chunk cn = chunk(ch, static_cast<I>(nrows));
         DBL_NO_UNROLL
         for (int k = 0; k < a.g.rounds; ++k) {
           const Slot sl = slot(t + k * kThreads, cn);
@@ -499,15 +502,16 @@ struct Block {
               const T f = HAS_W ? a.w[(row0 + sl.rl) * a.ws0 + (c + e) * a.ws1] : T(1);
               T g = T(0);
               lv[e] = element<T, Fn, P::WFORM, P::FOCAL, P::LABELS, P::NTR, P::GRAD>(
-                  zv[e], pos ? T(1) : T(0), f, twv[e], P::NTR ? bv[e] : T(0), rc, a.kc, g);
+                  zv[e], pos ? T(1) : T(0), pos, f, twv[e], P::NTR ? bv[e] : T(0), rc, a.kc, g);
               gv[e] = g;
             }
           } else {
             const T y = load_label<T>(a.y_dtype, yi + sl.rl * a.ldy * ysize(), c);
             const T f = (y != T(-1) ? T(1) : T(0)) * (HAS_W ? a.w[(row0 + sl.rl) * a.ws0 + c * a.ws1] : T(1));
+            const T yp = y > T(0) ? y : T(0);
             T g = T(0);
             lv[0] = element<T, Fn, P::WFORM, P::FOCAL, P::LABELS, P::NTR, P::GRAD>(
-                load_one<T>(zi + (sl.rl * a.ldz + c)), y > T(0) ? y : T(0), f, tw[c], bias[c], rc, a.kc, g);
+                load_one<T>(zi + (sl.rl * a.ldz + c)), yp, yp != T(0), f, tw[c], bias[c], rc, a.kc, g);
             gv[0] = g;
           }
           T vsum = lv[0];
@@ -580,7 +584,7 @@ struct Block {
       };
       if constexpr (KIND != STAT_NONE) {
         if (g.stats == STATS_BLOCK) {
-          stats_step<KIND>(a.params + static_cast<int64_t>(row_stat_param(sp.reweight)) * a.C, row0, nrows, nch);
+          stats_step<KIND>(a.stat_tbl, row0, nrows, nch);
           reduce_rows<KIND>(nrows, nch, finish);
         }
       }
@@ -706,6 +710,7 @@ KArgs<T> make_args(const FusedLaunch& a, const Plan& p, int pass) {
   k.ws0 = a.ws0;
   k.ws1 = a.ws1;
   k.params = static_cast<const T*>(a.params);
+  k.stat_tbl = k.params + static_cast<int64_t>(row_stat_param(a.reweight)) * a.C;
   k.aux = static_cast<const T*>(a.aux);
   k.loss = static_cast<T*>(a.loss);
   k.grad = a.grad;

@@ -93,8 +93,8 @@ DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restric
     const T yp = y[j] > T(0) ? y[j] : T(0);
     const T f = (y[j] != T(-1) ? T(1) : T(0)) * w[j];  // unknown labels: no loss, no gradient
     T g = T(0);
-    loss[j] = element<T, CpuFns, REBAL ? WF_REBAL : WF_LINEAR, FOCAL, LABELS, true, GRAD>(z[j], yp, f, tw[j], bias[j],
-                                                                                          r, c, g);
+    loss[j] = element<T, CpuFns, REBAL ? WF_REBAL : WF_LINEAR, FOCAL, LABELS, true, GRAD>(z[j], yp, yp != T(0), f,
+                                                                                          tw[j], bias[j], r, c, g);
     if (GRAD) grad[j] = g;
   }
   return sum ? lane_sum(k, loss) : 0.0;

@@ -497,17 +497,16 @@ DBL_HD double dabs(double x) { return ::fabs(x); }
 
 // ---------------------------------------------------------------------------------------------
 // One element: loss and d loss / d logit (see _spec.py).
-//   z logit, yp = max(y, 0), f = weight_ij * known_ij, tw the weight table entry (1/n_j for
+//   z logit, yp = max(y, 0), pos = yp != 0, f = weight_ij * known_ij, tw the weight table entry (1/n_j for
 //   rebalance, else the class weight), bias the NTR bias b_j, r the row's constants. Returns the
 //   loss times aux[0]; with GRAD, grad gets d loss / d z times aux[0].
 // ---------------------------------------------------------------------------------------------
 template <class T, class Fn, int WFORM, int FOCAL, int LABELS, bool NTR, bool GRAD>
-DBL_HD T element(T z, T yp, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k, T& grad) {
+DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k, T& grad) {
   const int wform = WFORM == WF_RUNTIME ? k.wform : WFORM;
   const int focal = FOCAL == FOCAL_RUNTIME ? k.focal : FOCAL;
   constexpr bool binary = LABELS == LABELS_BINARY;
   constexpr T ln2 = static_cast<T>(0.6931471805599453);
-  const bool pos = yp != T(0);
   const T eb = wform == WF_REBAL ? Fn::ex2(r.u * tw + k.c0) : T(0);  // the rebalance sigmoid is 1 / (1 + eb)
   // NTR: x = (z + b) s with s = y+ + lam (1 - y+); the loss weight gets the factor
   // lw = y+ + (1 - y+) / lam, d loss / d z the factor gf = s lw (1 for y+ in {0, 1}).
