@@ -558,11 +558,13 @@ struct Block {
     });
     ex.sync();  // sh.inv_batch is read by every thread's row step
     // Item `block`, then every `nblocks`-th: as (first row, first chunk), stepped without divisions.
-    int64_t row0 = static_cast<int64_t>(static_cast<uint32_t>(block) / static_cast<uint32_t>(g.tiles)) * g.rows;
-    int64_t ch0 = static_cast<uint32_t>(block) % static_cast<uint32_t>(g.tiles);
-    for (; row0 < a.N; row0 += g.step_rows, ch0 += g.step_tiles) {
-      if (ch0 >= g.tiles) {
-        ch0 -= g.tiles;
+    // (tiles per row < 2^31: the tile index is 32-bit)
+    const uint32_t tiles = static_cast<uint32_t>(g.tiles), step_tiles = static_cast<uint32_t>(g.step_tiles);
+    int64_t row0 = static_cast<int64_t>(static_cast<uint32_t>(block) / tiles) * g.rows;
+    uint32_t ch0 = static_cast<uint32_t>(block) % tiles;
+    for (; row0 < a.N; row0 += g.step_rows, ch0 += step_tiles) {
+      if (ch0 >= tiles) {
+        ch0 -= tiles;
         row0 += g.rows;
         if (row0 >= a.N) break;
       }

@@ -489,13 +489,15 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     torch_flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
     jobs = [subprocess.Popen([nvcc, "-c", "-std=c++17", "-O3", *torch_flags, f"-arch={arch}", "-I", str(ROOT / "csrc"), str(src),
-                              "-o", str(tmp_path / f"{src.stem}_{arch}.o")],
+                              "-Xptxas", "-v", "-o", str(tmp_path / f"{src.stem}_{arch}.o")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for src in sources for arch in ("sm_80", "sm_90")]
     for job in jobs:
-        out, _ = job.communicate(timeout=600)
+        out, _ = job.communicate(timeout=900)
         assert job.returncode == 0, out
         assert "warning" not in out.lower(), out
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", out)]
+        assert spills and not any(spills), "a kernel spills registers"  # ptxas -v, every kernel
 
 
 def _torch_loads_libgomp():
