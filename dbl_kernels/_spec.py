@@ -1,26 +1,43 @@
 """What every fused kernel receives: the launch contract shared by the C++/CUDA and Triton backends.
 
-A kernel gets
-  * ``logits`` (N x C, any float dtype, unit column stride), ``labels`` (N x C, any dtype as it is,
-    unit column stride), optional ``weight`` (expanded to N x C, any strides, may be 0),
-  * ``class_params`` (4 x C, contiguous, compute dtype): rows ``INV_FREQ`` 1/n_j, ``CLASS_W`` the
+Each fused op has the schema
+
+    fused(Tensor logits, Tensor labels, Tensor? crow_indices, Tensor? col_indices, Tensor? weight,
+          Tensor class_params, Tensor aux, Tensor? row_stats, int[] modes, float[] scalars, bool need_grad)
+        -> (Tensor loss, Tensor grad)
+
+(the options travel as two lists: every top-level argument costs host time per call). It gets
+  * ``logits`` (N x C, any float dtype), ``labels``: dense N x C of any dtype, or CSR: the stored
+    values (each 1 or -1) with ``crow_indices`` / ``col_indices`` (int64, each row's columns ascending
+    and unique), every entry not stored a negative; optional ``weight`` (expanded to N x C, any
+    strides, may be 0);
+  * ``class_params`` (5 x C, contiguous, compute dtype): rows ``INV_FREQ`` 1/n_j, ``CLASS_W`` the
     per-class weight (T/n_j, sqrt(T/n_j), cb_j or 1), ``FREQ`` n_j, ``BIAS`` the NTR bias b_j,
-  * ``aux`` (2, compute dtype, on the device): ``[0]`` the reduction scale (1/count for mean, else 1),
-    ``[1]`` the reciprocal of the batch-max weight (by_batch) or 1,
-  * the ``KernelSpec`` fields as scalars/flags,
-and returns ``(loss, grad)``: loss is N x C (reduction "none") or a 0-d tensor (sum of the scaled
-element losses, summed in a fixed order), in the compute dtype; grad is d loss / d logits in the
-logits' dtype when ``need_grad`` else an empty tensor.
+    ``POS_W`` ASL's weight of the positive log term (1 unless set);
+  * ``aux`` (2, compute dtype, on the device): ``[0]`` the reduction scale (1/count for mean, 1/N for
+    batchmean, else 1); ``[1]`` 1 / the batch-max weight (by_batch), read only with ``row_stats``;
+  * ``row_stats``: None, or 2 x N (compute dtype): ``reference.row_statistics`` (A, B) over all the
+    classes, for a call on a column slice of a wider problem (the chunked classifier); then the
+    kernel uses them, and aux[1], instead of its own statistics pass;
+  * ``modes``: MODE_* below; ``scalars``: SCALARS below (KernelSpec fields);
+and returns ``(loss, grad)``: loss is N x C (reduction "none"), a C-vector (per_class: column sums)
+or a 0-d tensor (the sum, in a fixed order), in the compute dtype, all times aux[0]; grad is d loss /
+d logits in the logits' dtype when ``need_grad``, else an empty tensor. The CPU op alone may count
+the mean itself (REDUCTION_MEAN_COUNTED) and check the label values in its own pass (MODE_CHECK_LABELS,
+raising ValueError with dbl_kernels/_labels.py's messages).
 
 Per element (y known, y+ = max(y, 0), mirrors ``reference``):
     w  = reweight(row stats)                 REWEIGHT_* below
     w /= row max (by_instance: rebalance uses W_MAX = extreme 1/n_j, class vector uses W_MAX = max cb/T/n)
-       or *= aux[1] (by_batch)
+       or the batch max (by_batch)
     NTR: s = y+ + lam (1 - y+), x = (z + b) s, w' = w (y+ + (1 - y+)/lam)        (logit_reg)
-    l = max(x,0) - x y+ + log1p(exp(-|x|)),  u = -expm1(-l) = 1 - p_t
-    focal: L = scale * u^gamma * w' * l;  dL/dx = scale * w' (sigmoid(x) - y+) u^gamma (1 + gamma p_t l/u)
-           (l/u := 1 when u == 0; p_t = 1 - u)
-    plain: L = scale * w' * l;            dL/dx = scale * w' (sigmoid(x) - y+)
+    DB form: l = max(x,0) - x y+ + log1p(exp(-|x|)),  u = -expm1(-l) = 1 - p_t
+      focal: L = scale * u^gamma * w' * l;  dL/dx = scale * w' (sigmoid(x) - y+) u^gamma (1 + gamma p_t l/u)
+             (l/u := 1 when u == 0; p_t = 1 - u)
+      plain: L = scale * w' * l;            dL/dx = scale * w' (sigmoid(x) - y+)
+    asymmetric form (MODE_ASYMMETRIC): L = scale * w' * L_e, L_e = ASL's element loss on the target
+      t = y+ (1 - smoothing) + smoothing/2 with gamma, gamma_neg, clip, POS_W and focus_grad
+      (``reference._asl_terms`` / ``_asl_derivative``);
     dL/dz = dL/dx * s;   both times weight_ij, times aux[0]; zero where y == -1.
 """
 from __future__ import annotations
@@ -36,7 +53,8 @@ from . import reference
 from ._tracing import is_eager
 from .reference import LossConfig, compute_dtype
 
-INV_FREQ, CLASS_W, FREQ, BIAS = range(4)
+INV_FREQ, CLASS_W, FREQ, BIAS, POS_W = range(5)
+TABLE_ROWS = 5
 
 REWEIGHT_NONE, REWEIGHT_REBALANCE, REWEIGHT_CLASS, REWEIGHT_CB_AVG_W, REWEIGHT_CB_AVG_N, REWEIGHT_CB_MIN_N = range(6)
 NORM_NONE, NORM_INSTANCE, NORM_BATCH = range(3)
@@ -44,8 +62,15 @@ REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
 # CPU op only: a mean over the labels != -1 that the op counts itself (aux[0] unused), in a pass far
 # cheaper than torch's (labels != -1).sum() before the call.
 REDUCTION_MEAN_COUNTED = 3
-# batchmean is a sum scaled by 1/N (aux[0]); per_class has no kernel code yet (the reference runs it)
-REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN, "batchmean": REDUCTION_MEAN}
+REDUCTION_PER_CLASS = 4  # the C-vector of column sums
+# batchmean is a sum scaled by 1/N (aux[0])
+REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN, "batchmean": REDUCTION_MEAN,
+              "per_class": REDUCTION_PER_CLASS}
+# Positions in the op's int[] modes and float[] scalars.
+(MODE_REWEIGHT, MODE_NORM, MODE_LOGIT_REG, MODE_FOCAL, MODE_REDUCTION, MODE_CHECK_LABELS, MODE_ASYMMETRIC,
+ MODE_FOCUS_GRAD) = range(8)
+SCALARS = ("map_alpha", "map_beta", "map_gamma", "cb_log_beta", "neg_scale", "gamma", "gamma_neg", "clip",
+           "smoothing", "scale", "w_max")
 
 
 @dataclass(frozen=True)
@@ -60,9 +85,22 @@ class KernelSpec:
     map_gamma: float
     cb_log_beta: float
     neg_scale: float
-    gamma: float
+    gamma: float   # the focal exponent (the positives' in the asymmetric form)
     scale: float   # balance_param * loss_weight (focal) or loss_weight
     w_max: float   # by_instance: extreme 1/n_j (rebalance) or max class weight (class vector)
+    gamma_neg: float = 2.0
+    clip: float = 0.0
+    smoothing: float = 0.0
+    asymmetric: bool = False
+    focus_grad: bool = True
+
+    def modes(self, reduction: int | None = None, check_labels: bool = False) -> list[int]:
+        return [self.reweight_mode, self.weight_norm, int(self.logit_reg), int(self.focal),
+                self.reduction if reduction is None else reduction, int(check_labels), int(self.asymmetric),
+                int(self.focus_grad)]
+
+    def scalars(self) -> list[float]:
+        return [float(getattr(self, name)) for name in SCALARS]
 
 
 def _reweight_mode(cfg: LossConfig):
@@ -76,14 +114,15 @@ def _reweight_mode(cfg: LossConfig):
 
 
 def class_params(class_freq: np.ndarray | None, train_num: float | None, cfg: LossConfig,
-                 num_classes: int | None = None) -> np.ndarray:
-    """The 4 x C per-class table in float64, from the reference's own per-class functions; computed
+                 num_classes: int | None = None, pos_weight=None) -> np.ndarray:
+    """The 5 x C per-class table in float64, from the reference's own per-class functions; computed
     on the host once per loss object and cast once to the compute dtype. Without class statistics
     (``class_freq`` None: a loss with no re-weighting and no NTR) the table is neutral."""
     if class_freq is None:
         class_freq = np.ones(num_classes)
     n = torch.tensor(np.asarray(class_freq, dtype=np.float64))  # a copy: the statistics are read-only
-    table = torch.empty((4, n.shape[0]), dtype=torch.float64)
+    table = torch.empty((TABLE_ROWS, n.shape[0]), dtype=torch.float64)
+    table[POS_W] = 1.0 if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float64).cpu()
     table[INV_FREQ] = 1.0 / n
     table[FREQ] = n
     table[CLASS_W] = reference.class_weight(n, train_num, cfg)
@@ -105,9 +144,10 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
         logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS.get(cfg.reduction, REDUCTION_SUM),
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
         cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
-        gamma=float(cfg.gamma),
+        gamma=cfg.gammas[0] if cfg.asymmetric else float(cfg.gamma),
         scale=float(cfg.balance_param * cfg.loss_weight if cfg.focal else cfg.loss_weight),
-        w_max=w_max,
+        w_max=w_max, gamma_neg=cfg.gammas[1] if cfg.asymmetric else float(cfg.gamma), clip=float(cfg.clip),
+        smoothing=float(cfg.smoothing), asymmetric=cfg.asymmetric, focus_grad=cfg.focus_grad,
     )
 
 

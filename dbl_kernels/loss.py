@@ -38,7 +38,8 @@ def _as_stats(stats):
 
 def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     """Shape/dtype checks on the host; value checks on CPU tensors (on accelerators only on request,
-    because reading values back would stall the device)."""
+    because reading values back would stall the device). Returns whether labels hold a -1, where a
+    value check ran (else None)."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(labels, torch.Tensor):
@@ -49,17 +50,11 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (N x C), got shape {tuple(logits.shape)}; "
                          "flatten extra dimensions into N first")
-    if labels.shape != logits.shape:
-        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
                          f"{num_classes} classes; pass the statistics of this label space")
-    if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        raise TypeError(f"labels dtype {labels.dtype} is not supported; use bool, uint8, int or float labels")
     if labels.device != logits.device:
         raise ValueError(f"labels are on {labels.device} but logits on {logits.device}; move them to one device")
-    if labels.requires_grad:
-        raise ValueError("labels require grad, but the loss is not differentiable in the labels; pass labels.detach()")
     if weight is not None:
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
@@ -71,25 +66,27 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
             raise ValueError(f"weight of shape {tuple(weight.shape)} would enlarge the loss beyond {tuple(logits.shape)}")
         if weight.device != logits.device:
             raise ValueError(f"weight is on {weight.device} but logits on {logits.device}")
-    if validate_labels is None:
-        validate_labels = (labels.device.type == "cpu" and not torch.compiler.is_compiling()
-                           and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
-    if validate_labels and labels.numel() and labels.dtype != torch.bool:
+    if _sparse.is_csr(labels):
+        _sparse.check_csr(labels, logits.shape, _default_check(labels, validate_labels))
+        return None
+    if labels.shape != logits.shape:
+        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+    if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        raise TypeError(f"labels dtype {labels.dtype} is not supported; use bool, uint8, int or float labels")
+    if labels.requires_grad:
+        raise ValueError("labels require grad, but the loss is not differentiable in the labels; pass labels.detach()")
+    if _default_check(labels, validate_labels) and labels.numel() and labels.dtype != torch.bool:
         return check_label_values(labels, _fast_label_check)
     return None
 
 
-def _check_sparse(logits, labels, num_classes, validate_labels):
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if num_classes is not None and logits.dim() == 2 and logits.shape[1] != num_classes:
-        raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
-                         f"{num_classes} classes; pass the statistics of this label space")
-    if labels.device != logits.device:
-        raise ValueError(f"labels are on {labels.device} but logits on {logits.device}; move them to one device")
-    validate = labels.device.type == "cpu" and not torch.compiler.is_compiling() if validate_labels is None \
-        else validate_labels
-    _sparse.check_csr(labels, logits.shape, validate)
+def _default_check(labels, validate_labels):
+    """Whether label values are checked: on request, else for plain CPU tensors (on accelerators it
+    would stall the device)."""
+    if validate_labels is not None:
+        return validate_labels
+    return (labels.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
 
 
 def _fast_label_check(labels):
@@ -144,27 +141,36 @@ class _FusedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction: Optional[str] = None) -> torch.Tensor:
-        """The loss of N x C ``logits`` against ``labels``; ``weight`` broadcasts to N x C and
-        multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
-        overrides the module's for this call."""
+        """The loss of N x C ``logits`` against ``labels`` (dense N x C, or a CSR tensor of 1 / -1
+        entries); ``weight`` broadcasts to N x C and multiplies the element losses; ``avg_factor``
+        replaces the mean's count; ``reduction`` overrides the module's for this call."""
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
-        if _sparse.is_csr(labels):
-            # TODO(contract v2): the fused kernels read the CSR arrays; until then a dense int8 copy
-            _check_sparse(logits, labels, self.num_classes, self.validate_labels)
-            labels = _sparse.to_dense(labels, torch.int8 if labels.values().dtype != torch.bool else torch.bool)
-        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
         backend = backends.resolve(self.backend, logits.device.type)
         if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
             backend = "reference"  # the fused kernels treat weight as a constant
         if backend != "reference" and transformed(logits, weight):
             backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
-        if backend != "reference" and not _fused_supports(cfg, self._reference_inputs()[2]):
-            backend = "reference"  # TODO(contract v2): asymmetric focusing and per-class sums in the kernels
+        csr = _sparse.is_csr(labels)
+        features = ops.features(backends.fused_op(backend)) if backend != "reference" else frozenset()
+        if backend != "reference" and not _fused_supports(features, cfg, csr):
+            backend, features = "reference", frozenset()
+        # the CPU op checks dense label values in its own pass (no torch pass before the call)
+        in_kernel = ("check_labels" in features and not csr and _default_check(labels, self.validate_labels)
+                     and is_eager(logits))
+        has_unknown = _check_inputs(logits, labels, weight, self.num_classes,
+                                    False if in_kernel else self.validate_labels)
         if backend == "reference":
             return self._reference_loss(logits, labels, cfg, weight, avg_factor)
-        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown, in_kernel)
 
-    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown, check_labels):
+        csr = None
+        if _sparse.is_csr(labels):
+            if avg_factor is None and cfg.reduction == "mean" and backend != "cpu":
+                avg_factor = _sparse.known_count(labels)  # N * C - the stored -1s, on the device
+            csr, labels = (labels.crow_indices(), labels.col_indices()), labels.values()
         reduction = REDUCTIONS[cfg.reduction]
         if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
             reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
@@ -176,25 +182,32 @@ class _FusedLoss(nn.Module):
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
         params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)
-        op, scalars = self._op(backend, spec, reduction, need_grad)
+        op, scalars = self._op(backend, spec, reduction, need_grad, check_labels)
+        crow, col = csr if csr is not None else (None, None)
+        tensors = (logits, labels, crow, col, kernel_weight, params, aux, None)
         # for a differentiable backward (create_graph=True): the reference, called only then
-        reference_loss = (self._reference_loss, (labels, cfg, weight, avg_factor)) if need_grad and eager else None
-        return ops.call(op, (logits, labels, kernel_weight, params, aux), scalars, reference_loss, eager)
+        reference_loss = None
+        if need_grad and eager:
+            dense = labels if csr is None else torch.sparse_csr_tensor(crow, col, labels, size=logits.shape)
+            reference_loss = (self._reference_loss, (dense, cfg, weight, avg_factor))
+        return ops.call(op, tensors, scalars, reference_loss, eager)
 
     def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
+        if _sparse.is_csr(labels):  # the reference may densify
+            labels = _sparse.to_dense(labels)
         class_freq, train_num, pos_weight = self._reference_inputs()
         return reference.distribution_balanced_loss(logits, labels, class_freq, train_num, cfg, weight=weight,
                                                     avg_factor=avg_factor, pos_weight=pos_weight)
 
-    def _op(self, backend, spec, reduction, need_grad):
-        """The fused op and its scalar arguments, built once per (backend, spec, reduction, need_grad)."""
-        key = (backend, spec, reduction, need_grad)
+    def _op(self, backend, spec, reduction, need_grad, check_labels=False):
+        """The fused op and its non-tensor arguments, built once per call signature."""
+        key = (backend, spec, reduction, need_grad, check_labels)
         entry = self._ops.get(key)
         if entry is None:
             if len(self._ops) > 32:
                 self._ops.clear()
-            entry = self._ops[key] = (backends.fused_op(backend),
-                                      ops.op_args(*(None,) * 5, spec, need_grad, reduction)[5:])
+            args = ops.op_args(*(None,) * 5, spec, need_grad, reduction, check_labels=check_labels)
+            entry = self._ops[key] = (backends.fused_op(backend), args[ops.N_TENSORS:])
         return entry
 
     def extra_repr(self):
@@ -202,9 +215,15 @@ class _FusedLoss(nn.Module):
         return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
 
 
-def _fused_supports(cfg, pos_weight):
-    """Whether the fused kernels compute this configuration (else the call runs the reference)."""
-    return not cfg.asymmetric and cfg.reduction != "per_class" and pos_weight is None
+def _fused_supports(features, cfg, csr):
+    """Whether a fused backend with ``features`` (ops.register) computes this call, else the
+    reference runs it (only for backends that lack a feature: every built-in one has them all)."""
+    need = {"asymmetric"} if cfg.asymmetric else set()
+    if cfg.reduction == "per_class":
+        need.add("per_class")
+    if csr:
+        need.add("csr")
+    return need <= features
 
 
 class DistributionBalancedLoss(_FusedLoss):

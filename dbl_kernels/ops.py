@@ -18,35 +18,37 @@ from __future__ import annotations
 
 import torch
 
-from ._spec import REDUCTION_NONE
+from ._spec import MODE_REDUCTION, REDUCTION_NONE, REDUCTION_PER_CLASS
 from ._tracing import is_eager
 from .reference import compute_dtype
 
-# Argument positions shared by every fused op's schema (see _spec.py):
-# (logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal, reduction,
-#  map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max, need_grad)
-OP_ARG_NAMES = ("logits", "labels", "weight", "class_params", "aux", "reweight_mode", "weight_norm",
-                "logit_reg", "focal", "reduction", "map_alpha", "map_beta", "map_gamma", "cb_log_beta",
-                "neg_scale", "gamma", "scale", "w_max", "need_grad")
-_N_TENSORS = OP_ARG_NAMES.index("reweight_mode")  # the leading tensor arguments
+# Argument positions shared by every fused op's schema (see _spec.py).
+OP_ARG_NAMES = ("logits", "labels", "crow_indices", "col_indices", "weight", "class_params", "aux", "row_stats",
+                "modes", "scalars", "need_grad")
+N_TENSORS = _N_TENSORS = OP_ARG_NAMES.index("modes")  # the leading tensor arguments
 _NEED_GRAD = OP_ARG_NAMES.index("need_grad")
 
 
-def op_args(logits, labels, weight, class_params, aux, spec, need_grad, reduction=None):
-    """The op's arguments; ``reduction`` (a code) overrides the spec's."""
-    return (logits, labels, weight, class_params, aux, spec.reweight_mode, spec.weight_norm,
-            spec.logit_reg, spec.focal, spec.reduction if reduction is None else reduction, spec.map_alpha,
-            spec.map_beta, spec.map_gamma, spec.cb_log_beta, spec.neg_scale, spec.gamma, spec.scale, spec.w_max,
-            need_grad)
+def op_args(logits, labels, weight, class_params, aux, spec, need_grad, reduction=None, *, check_labels=False,
+            row_stats=None, csr=None):
+    """The op's arguments. ``reduction`` (a code) overrides the spec's; ``csr = (crow_indices,
+    col_indices)`` when ``labels`` are the stored values of CSR labels."""
+    crow, col = csr if csr is not None else (None, None)
+    return (logits, labels, crow, col, weight, class_params, aux, row_stats, spec.modes(reduction, check_labels),
+            spec.scalars(), need_grad)
 
 
-def fake_fused(logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal,
-               reduction, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max,
+def fake_fused(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, modes, scalars,
                need_grad):
     """Shapes and dtypes only: what torch.compile traces."""
     dtype = compute_dtype(logits)
-    loss = (logits.new_empty(logits.shape, dtype=dtype) if reduction == REDUCTION_NONE
-            else logits.new_empty((), dtype=dtype))
+    reduction = modes[MODE_REDUCTION]
+    if reduction == REDUCTION_NONE:
+        loss = logits.new_empty(logits.shape, dtype=dtype)
+    elif reduction == REDUCTION_PER_CLASS:
+        loss = logits.new_empty(logits.shape[1:], dtype=dtype)
+    else:
+        loss = logits.new_empty((), dtype=dtype)
     grad = (torch.empty(logits.shape, dtype=logits.dtype, device=logits.device) if need_grad
             else logits.new_empty((0,)))
     return loss, grad
@@ -93,7 +95,7 @@ class _EagerFused(torch.autograd.Function):
             with torch._C._AutoDispatchBelowAutograd():
                 _, grad = ctx.op(*ctx.saved_tensors, *ctx.scalars)
             _scale_in_place(grad, grad_loss, ctx.device_scale)
-        return None, grad, None, None, None, None
+        return (None, grad) + (None,) * (_N_TENSORS - 1)
 
 
 def _reference_backward(ctx, grad_loss):
@@ -127,8 +129,16 @@ def call(op, tensors, scalars, reference_loss=None, eager=None):
     return op(*tensors, *scalars)[0]
 
 
-# The device-side gradient scale of each registered op, handed down by its backend (register).
+# The device-side gradient scale of each registered op, and the contract features it implements,
+# handed down by its backend (register).
 _DEVICE_SCALE = {}
+_FEATURES = {}
+ALL_FEATURES = frozenset({"asymmetric", "per_class", "csr", "row_stats", "check_labels"})
+
+
+def features(op) -> frozenset:
+    """The optional parts of the kernel contract ``op`` implements (ALL_FEATURES names them)."""
+    return _FEATURES.get(op, frozenset())
 
 
 def _setup_context(ctx, inputs, output):
@@ -154,12 +164,18 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     return (grad * grad_loss,) + (None,) * (ctx.n_inputs - 1)
 
 
-def register(op, device_scale=None):
+def register(op, device_scale=None, features=ALL_FEATURES):
     """Attach the shared fake kernel and autograd formula to a fused op (C++ or Triton).
 
     ``device_scale(grad, grad_output)``: the backend's own in-place scale of a CUDA gradient by a
     one-element ``grad_output``, read on the device (a no-op when it is 1.0); None: torch's mul_.
+    ``features``: the optional parts of the contract the op implements (calls needing others run
+    the reference).
     """
+    unknown = set(features) - ALL_FEATURES
+    if unknown:
+        raise ValueError(f"unknown contract features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
     _DEVICE_SCALE[op] = device_scale
+    _FEATURES[op] = frozenset(features)
     torch.library.register_fake(op)(fake_fused)
     torch.library.register_autograd(op, _backward, setup_context=_setup_context)
