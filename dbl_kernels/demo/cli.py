@@ -32,8 +32,8 @@ reports mAP over all classes and over head (> 100 training positives), medium an
 classes, and paired per-seed differences."""
 
 EPILOG = """\
-The default run (5 seeds x 100 epochs, 60 models) takes about 4 minutes on an idle 2-core CPU;
---quick (3 seeds x 15 epochs, undertrained) about 25 s. Needs the extras: pip install scikit-learn matplotlib tqdm."""
+The default run (5 seeds x 100 epochs, 60 models) takes about 3 minutes on an idle 2-core CPU;
+--quick (3 seeds x 15 epochs, undertrained) about 20 s. Needs the extras: pip install scikit-learn matplotlib tqdm."""
 
 
 def parse_args(argv):
