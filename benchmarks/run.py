@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Throughput and memory of every available dbl_kernels backend against eager, torch.compile and BCE.
 
-    python benchmarks/run.py [--device cpu|cuda] [--suite quick|coco|openimages|xmc|targets|perf|all] [--out DIR]
+    python benchmarks/run.py [--device cpu|cuda] [--suite quick|coco|openimages|xmc|targets|perf|asl|all]
+                             [--losses db-focal,asl] [--out DIR]
 
 Suites (comma-separated lists work, e.g. ``--suite targets,coco``):
   quick       a few small shapes (under a minute on two CPU cores)
@@ -10,13 +11,21 @@ Suites (comma-separated lists work, e.g. ``--suite targets,coco``):
   xmc         C = 131,072 and 1,048,576, N 16 .. 256, long-tailed sparse labels
   targets     one shape per label space with N*C >= 2^26, forward+backward only
   perf        three targets shapes and 256 x 80, forward+backward (device_check.sh's first pass)
+  asl         C = 80 (N 256 .. 65,536) and 9,605 (N 64, 1,024), forward+backward, for db-focal and asl
   all         coco + openimages + xmc
+
+Losses (``--losses``, a comma list; default: db-focal, and both for the asl suite):
+  db-focal    DistributionBalancedLoss with the authors' COCO-MLT config; eager = its reference backend
+  asl         AsymmetricLoss at Ridnik et al.'s defaults (gamma_neg 4, gamma_pos 1, clip 0.05, summed);
+              eager and compile run the paper's formula in PyTorch ops (harness/measure.py:
+              asl_formula), given float labels made beforehand. Until the kernels compute asymmetric
+              focusing the fused backends run the reference for it (marked in the tables)
 
 Backends: ``eager`` (the reference backend, eager mode), ``compile`` (``torch.compile`` of a function
 calling the reference backend), ``bce`` (torch's binary_cross_entropy_with_logits, the host-time
 yardstick) and every fused backend ``dbl_kernels.available_backends()`` lists for the device
 ("triton" is skipped on the CPU: the interpreter is not a benchmark). All are measured in the same
-run, through the public API, with the authors' COCO-MLT loss config. Each row has the
+run, through the public API, with the authors' COCO-MLT loss config (or ASL's). Each row has the
 user-visible time, the host time per call and, on CUDA, the device time from CUDA-graph replay
 (docs/performance.md explains the three).
 
@@ -35,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import report  # noqa: E402
-from harness.cases import BASELINES, DYNAMIC_BELOW, LABEL_DTYPES, LOGIT_DTYPES, MODES, SUITES  # noqa: E402
+from harness.cases import BASELINES, DYNAMIC_BELOW, LABEL_DTYPES, LOGIT_DTYPES, LOSSES, MODES, SUITES  # noqa: E402
 
 FUSED = ("cpu", "cuda", "triton")
 
@@ -46,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--suite", default="quick", help=f"{', '.join(SUITES)} (comma list)")
+    p.add_argument("--losses", default=None,
+                   help=f"comma list out of {', '.join(LOSSES)}: measure every suite's shapes with each "
+                        "(default: db-focal; the asl suite both)")
     p.add_argument("--out", default=None, help="output folder (default ./dbl_bench/<date>-<device>)")
     p.add_argument("--backends", default="all",
                    help="comma list out of eager, compile, bce and the fused backends (default all)")
@@ -81,6 +93,7 @@ def parse_args(argv=None):
     args.label_dtypes = _choices(p, "--labels-dtypes", args.labels_dtypes, LABEL_DTYPES)
     args.modes = _choices(p, "--modes", args.modes, MODES)
     args.backends = _choices(p, "--backends", args.backends, ("all",) + BASELINES + FUSED)
+    args.losses = _choices(p, "--losses", args.losses, LOSSES)
     _choices(p, "--suite", args.suite.replace(" ", ""), SUITES + ("smoke",))
     return args, p
 

@@ -158,6 +158,93 @@ def test_run_label_dtypes_and_budget(tmp_path):
             bench.parse_args(bad)
 
 
+def test_asl_rows_beside_db_focal(tmp_path):
+    """--losses db-focal,asl: the ASL rows time the fused AsymmetricLoss against the paper's formula
+    (eager and compiled) in the same run, with speedups against their own baselines."""
+    out = tmp_path / "asl"
+    args = _smoke_args("cpu", out, "--losses", "db-focal,asl", "--modes", "fwd+bwd", "--no-plot")
+    assert bench.main(args) == 0
+    records, meta = report.load_results(out)
+    assert meta["losses"] == ["db-focal", "asl"]
+    by = {(r["loss"], r["backend"]): r for r in records}
+    fused = envinfo.fused_backends(torch.device("cpu"))
+    assert set(by) == {(loss, b) for loss in ("db-focal", "asl") for b in ["eager", "compile", "bce"] + fused}
+    for (loss, backend), r in by.items():
+        assert r["status"] == "ok" and r["mode"] == "fwd+bwd", r
+        assert r["config"] == cases.LOSS_CONFIGS[loss]
+        assert r["speedup_vs_eager"] == pytest.approx(by[(loss, "eager")]["median_ms"] / r["median_ms"])
+        assert r["host_ratio_vs_bce"] == pytest.approx(r["host_us"] / by[(loss, "bce")]["host_us"])
+        if backend != "bce":
+            assert r["max_rel_err"] < 1e-4, r
+        # the kernels do not compute asymmetric focusing yet: the fused ASL rows ran the reference
+        assert r["fused_kernel"] == ((loss == "db-focal") if backend in fused else None)
+    summary = (out / "summary.md").read_text()
+    assert "## db-focal: coco-mlt defaults" in summary and "## asl: Ridnik et al.'s defaults" in summary
+    asl_table = summary.split("## asl:")[1]
+    assert "| smoke | 16 | 80 | fp32 | uint8 | fwd+bwd |" in asl_table and report.REFERENCE_MARK + " |" in asl_table
+    assert "### Time split (forward + backward), asl" in asl_table
+    short = report.short_table(records, meta)
+    assert "smoke/asl" in short and "smoke/db-focal" in short
+    # the main table and the README generator's pivot stay DB-focal's
+    assert {r["loss"] for rows in report.pivot(records).values() for r in rows.values()} == {"db-focal"}
+    assert readme_tables.compact_rows(records)[1][0][2]["eager"]["loss"] == "db-focal"
+
+
+def test_asl_formula_is_the_paper():
+    """The asl baseline against the package's reference ASL (exact logs) and a value by hand."""
+    gen = torch.Generator().manual_seed(5)
+    x = bench_data.make_logits(32, 80, torch.float64, "cpu", gen)
+    y = bench_data.make_labels(32, 80, gen)
+    ours = dbl_kernels.AsymmetricLoss(backend="reference")
+    for fn_labels in (y, y.double()):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        theirs, mine = measure.asl_formula(xa, fn_labels), ours(xb, y)
+        theirs.backward()
+        mine.backward()
+        torch.testing.assert_close(theirs, mine, rtol=1e-12, atol=0)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-14)
+    # one positive at p = 0.8 and one negative at p = 0.3 (margin 0.05: p_m = 0.25)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    by_hand = -(0.2 * math.log(0.8)) - 0.25 ** 4 * math.log(0.75)
+    value = measure.asl_formula(torch.tensor([[logit(0.8), logit(0.3)]], dtype=torch.float64),
+                                torch.tensor([[1, 0]], dtype=torch.uint8))
+    assert float(value) == pytest.approx(by_hand, rel=1e-12)
+    # below the margin a negative costs nothing; half logits are computed in fp32
+    assert float(measure.asl_formula(torch.tensor([[logit(0.04)]]), torch.zeros(1, 1))) == 0.0
+    assert measure.asl_formula(x.bfloat16(), y).dtype == torch.float32
+    assert measure.label_form(cases.Case("s", 1, 1, "bf16", "uint8", "fwd", "asl"), "eager") == torch.float32
+    assert measure.label_form(cases.Case("s", 1, 1, "bf16", "uint8", "fwd", "asl"), "cpu") is False
+    assert measure.label_form(cases.Case("s", 1, 1, "bf16", "uint8", "fwd"), "eager") is False
+
+
+def test_loss_axis_of_cases_and_speedups():
+    asl = cases.suite_cases("asl", ["fp32"])
+    assert {c.loss for c in asl} == {"db-focal", "asl"} and {c.mode for c in asl} == {"fwd+bwd"}
+    assert [(c.N, c.C) for c in asl if c.loss == "asl"] == cases.ASL_SHAPES
+    assert {c.loss for c in cases.suite_cases("coco", ["fp32"])} == {"db-focal"}
+    coco = cases.suite_cases("coco", ["fp32"], losses=["asl", "db-focal"])
+    assert len(coco) == 2 * len(cases.suite_cases("coco", ["fp32"]))
+    ordered = cases.order_cases(coco)
+    assert len(ordered) == len(coco)  # the same shape under two losses is two cases
+    for group in {c.group for c in ordered}:  # one torch.compile graph per group: its cases back to back
+        where = [i for i, c in enumerate(ordered) if c.group == group]
+        assert where == list(range(where[0], where[-1] + 1))
+    with pytest.raises(ValueError, match="unknown loss"):
+        cases.suite_cases("quick", ["fp32"], losses=["hinge"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--losses", "asl,hinge"])
+
+    def rec(loss, backend, ms):
+        return dict(suite="s", N=16, C=80, logits_dtype="fp32", labels_dtype="uint8", mode="fwd+bwd",
+                    backend=backend, median_ms=ms, host_us=ms * 100, device_us=None, loss=loss)
+    records = [rec("db-focal", "eager", 4.0), rec("db-focal", "cpu", 1.0), rec("asl", "eager", 6.0),
+               rec("asl", "cpu", 3.0), rec(None, "compile", 2.0)]  # None: a record from before the loss axis
+    report.add_speedups(records)
+    assert records[1]["speedup_vs_eager"] == 4.0 and records[3]["speedup_vs_eager"] == 2.0
+    assert records[1]["speedup_vs_compile"] == 2.0 and records[3]["speedup_vs_compile"] is None
+    assert report.losses_in(records[2:]) == ["db-focal", "asl"] and report.loss_of(records[4]) == "db-focal"
+
+
 def test_default_out_is_untracked(tmp_path, monkeypatch):
     """Without --out a run writes under ./dbl_bench (ignored by git), never into benchmarks/results."""
     out = envinfo.default_out(torch.device("cpu"), cwd=tmp_path)
@@ -469,5 +556,6 @@ def test_committed_results_render(path):
     records, meta = report.load_results(path)
     summary = report.render_summary(records, meta)
     assert records and meta["device_name"] in summary and "| suite | N | C |" in summary
+    assert report.losses_in(records) == ["db-focal"] and "## db-focal" not in summary  # from before the loss axis
     if not report.has_field(records, "host_us"):  # measured before the time split: rendered as then
         assert report.TIMES_OLD in summary and "host µs" not in summary and "## Time split" not in summary

@@ -124,7 +124,8 @@ def collect_meta(device, args):
         git=git_commit(), date=today(), cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(), available_backends=dbl_kernels.available_backends(),
         auto_backend=auto_backend(device), copy_gbytes_per_s=None, suites=args.suite,
-        compile_shapes=args.compile_shapes, static_from=args.static_from, cache_bytes=cache_bytes(device),
+        losses=getattr(args, "losses", None), compile_shapes=args.compile_shapes, static_from=args.static_from,
+        cache_bytes=cache_bytes(device),
         cpu_load=load_average())
 
 

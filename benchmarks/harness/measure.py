@@ -12,8 +12,8 @@ import bench_data
 import dbl_kernels
 
 from . import report
-from .cases import (BASELINES, CONFIG, DYNAMIC_BELOW, bytes_moved, input_bytes, n_input_sets, order_cases,
-                    suite_cases)
+from .cases import (BASELINES, DEFAULT_LOSS, DYNAMIC_BELOW, LOSS_CONFIGS, bytes_moved, input_bytes, n_input_sets,
+                    order_cases, suite_cases)
 from .envinfo import fused_backends
 from .timing import Timer, peak_memory, sync
 
@@ -24,6 +24,44 @@ LABEL_DTYPES = {"uint8": torch.uint8, "bool": torch.bool, "float": torch.float32
 def bce(logits, labels):
     """The yardstick: torch's own fused BCE, the cheapest multi-label loss a user could call."""
     return F.binary_cross_entropy_with_logits(logits, labels, reduction="mean")
+
+
+def asl_formula(logits, labels, gamma_neg=4.0, gamma_pos=1.0, clip=0.05, eps=1e-8):
+    """The Asymmetric Loss as Ridnik et al. (ICCV 2021) define it, in plain PyTorch ops: what a
+    training script runs without this package, and the baseline of the asl rows.
+
+    p = sigmoid(x); a negative's probability is shifted down by the margin, p_m = max(p - clip, 0),
+    so its likelihood is 1 - p_m = min(1 - p + clip, 1); p_t = p for a positive, 1 - p_m for a
+    negative; the loss is -(1 - p_t)^(gamma_pos y + gamma_neg (1 - y)) (y log p + (1 - y) log(1 - p_m))
+    with both logs clamped at eps, summed; the gradient flows through the focusing weight too.
+    Half-precision logits are computed in fp32, as autocast runs log and pow.
+    """
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    y = labels.to(x.dtype)
+    p = torch.sigmoid(x)
+    q = (1 - p + clip).clamp(max=1) if clip else 1 - p
+    log_likelihood = y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log(q.clamp(min=eps))
+    p_t = y * p + (1 - y) * q
+    focus = torch.pow(1 - p_t, gamma_pos * y + gamma_neg * (1 - y))
+    return -(log_likelihood * focus).sum()
+
+
+def compute_dtype(logits_dtype):
+    """The dtype the baselines' formulas compute in (fp32 for half logits): the labels the asl
+    baselines are given, converted once beforehand like bce's."""
+    return torch.float64 if logits_dtype == torch.float64 else torch.float32
+
+
+def runs_fused(module):
+    """Whether the fused backends compute ``module``'s configuration in their kernels (False: the
+    call runs the reference; today the asymmetric options do), None where that cannot be read.
+    The package keeps this private; a report should not die of it."""
+    try:
+        from dbl_kernels.loss import _fused_supports
+
+        return bool(_fused_supports(module.config, module._reference_inputs()[2]))
+    except Exception:
+        return None
 
 
 class Functions:
@@ -44,12 +82,20 @@ class Functions:
             if hasattr(cfg, name):
                 setattr(cfg, name, value)
 
-    def module(self, backend, C):
-        key = (backend, C)
+    def module(self, backend, C, loss=DEFAULT_LOSS):
+        key = (backend, C, loss)
         if key not in self._modules:
-            self._modules[key] = dbl_kernels.DistributionBalancedLoss(
-                bench_data.stats_for(C), backend=backend, validate_labels=False).to(self.device)
+            if loss == "asl":  # Alibaba-MIIL's keywords and defaults: gamma_neg 4, gamma_pos 1, clip 0.05, sum
+                module = dbl_kernels.AsymmetricLoss(backend=backend, validate_labels=False)
+            else:
+                module = dbl_kernels.DistributionBalancedLoss(bench_data.stats_for(C), backend=backend,
+                                                              validate_labels=False)
+            self._modules[key] = module.to(self.device)
         return self._modules[key]
+
+    def baseline(self, case):
+        """What eager and compile run: the reference backend for db-focal, the formula for asl."""
+        return asl_formula if case.loss == "asl" else self.module("reference", case.C)
 
     def dynamic(self, case):
         if self.compile_shapes == "auto":
@@ -60,13 +106,13 @@ class Functions:
         if backend == "bce":
             return bce
         if backend == "eager":
-            return self.module("reference", case.C)
+            return self.baseline(case)
         if backend != "compile":
-            return self.module(backend, case.C)
+            return self.module(backend, case.C, case.loss)
         key = (case.group, None if self.dynamic(case) else case.N)
         if key != self._compiled_key:
             torch._dynamo.reset()
-            reference = self.module("reference", case.C)
+            reference = self.baseline(case)
 
             def loss_fn(logits, labels):
                 return reference(logits, labels)
@@ -91,13 +137,13 @@ def make_inputs(case, n_sets, device, seed):
 class Step:
     """step(i): one call on input set i, as a user runs it: the loss under no_grad (fwd), or
     ``x.grad = None; loss = fn(x, y); loss.backward()`` on a leaf x (fwd+bwd), returning the loss
-    and x.grad. ``float_labels`` gives fn the labels in the logits' dtype, converted once
-    beforehand (BCE-with-logits takes no integer targets)."""
+    and x.grad. ``float_labels`` gives fn the labels as floats, converted once beforehand: True in
+    the logits' dtype (BCE-with-logits takes no integer targets), or the dtype given."""
 
     def __init__(self, fn, mode, sets, dynamic=False, float_labels=False):
         self.fn = fn
         self.grad = mode == "fwd+bwd"
-        self.pairs = [(x.detach().requires_grad_(self.grad), y.to(x.dtype) if float_labels else y)
+        self.pairs = [(x.detach().requires_grad_(self.grad), _as_float_labels(y, x.dtype, float_labels))
                       for x, y in sets]
         if dynamic:  # marks live on the tensor objects the compiled function receives
             for x, y in self.pairs:
@@ -118,6 +164,22 @@ class Step:
         """Drop the gradients the leaves hold (before a peak-memory call, after a CUDA graph)."""
         for x, _ in self.pairs:
             x.grad = None
+
+
+def _as_float_labels(labels, logits_dtype, float_labels):
+    if float_labels is False:
+        return labels
+    return labels.to(logits_dtype if float_labels is True else float_labels)
+
+
+def label_form(case, backend):
+    """The labels' form for Step: bce and the asl formula get float labels made beforehand (the
+    originals take float targets); the package's losses take the labels as they are."""
+    if backend == "bce":
+        return True
+    if case.loss == "asl" and backend in ("eager", "compile"):
+        return compute_dtype(LOGIT_DTYPES[case.logits_dtype])
+    return False
 
 
 def rel_err(out, ref):
@@ -165,7 +227,8 @@ def autotune_choice(before, after, C):
 
 
 def measure(args, device, meta, progress):
-    cases = order_cases([c for s in args.suite.split(",") for c in suite_cases(s.strip(), args.logit_dtypes)])
+    losses = getattr(args, "losses", None)
+    cases = order_cases([c for s in args.suite.split(",") for c in suite_cases(s.strip(), args.logit_dtypes, losses)])
     cases = [c for c in cases if c.labels_dtype in args.label_dtypes and c.mode in args.modes
              and c.logits_dtype in args.logit_dtypes]
     backends = [b for b in list(BASELINES) + fused_backends(device) if b in args.backends or args.backends == ["all"]]
@@ -180,8 +243,8 @@ def measure(args, device, meta, progress):
     bar = progress(total=len(cases) * len(backends), desc="benchmark", unit="run")
     for case in cases:
         base = dict(report.meta_record(meta), suite=case.suite, N=case.N, C=case.C, elements=case.N * case.C,
-                    logits_dtype=case.logits_dtype, labels_dtype=case.labels_dtype, config=CONFIG,
-                    mode=case.mode, bytes_moved=bytes_moved(case))
+                    logits_dtype=case.logits_dtype, labels_dtype=case.labels_dtype, config=LOSS_CONFIGS[case.loss],
+                    mode=case.mode, bytes_moved=bytes_moved(case), loss=case.loss)
         if args.budget_s and time.monotonic() - started > args.budget_s:
             records += [dict(base, backend=b, status="skipped: time budget") for b in backends]
             bar.update(len(backends))
@@ -194,7 +257,7 @@ def measure(args, device, meta, progress):
             sets = make_inputs(case, n_input_sets(set_bytes, timer.cache, mem_cap), device, args.seed)
             inputs_key = case.inputs_key
         try:
-            reference = Step(funcs.get("eager", case), case.mode, sets[:1])(0)
+            reference = Step(funcs.get("eager", case), case.mode, sets[:1], float_labels=label_form(case, "eager"))(0)
         except Exception:  # eager itself failed (out of memory): its record will say so
             reference = None
         for backend in backends:
@@ -220,7 +283,9 @@ def run_one(case, backend, funcs, sets, set_bytes, timer, device, reference, bas
     step = None
     try:
         fn = funcs.get(backend, case)
-        step = Step(fn, case.mode, sets, dynamic, float_labels=backend == "bce")
+        step = Step(fn, case.mode, sets, dynamic, float_labels=label_form(case, backend))
+        if backend not in BASELINES:
+            record["fused_kernel"] = runs_fused(fn)
         start = time.perf_counter()
         out = step(0)
         sync(device)

@@ -12,7 +12,8 @@ import math
 import os
 from pathlib import Path
 
-from .cases import BASELINES, CONFIG, DYNAMIC_BELOW, FIELDS, MODES, SPEEDUP_BASELINES, TARGET_ELEMENTS, TARGETS
+from .cases import (BASELINES, CONFIG, DEFAULT_LOSS, DYNAMIC_BELOW, FIELDS, MODES, SPEEDUP_BASELINES, TARGET_ELEMENTS,
+                    TARGETS)
 
 DASH = "–"
 
@@ -37,13 +38,24 @@ def throughput(r):
                 roofline_basis="device" if r.get("device_us") else "user")
 
 
+def loss_of(r):
+    """The record's loss; records from before the loss axis are db-focal."""
+    return r.get("loss") or DEFAULT_LOSS
+
+
+def losses_in(records):
+    """The losses of the records, DEFAULT_LOSS first, then in order of appearance."""
+    seen = list(dict.fromkeys(loss_of(r) for r in records))
+    return sorted(seen, key=lambda loss: loss != DEFAULT_LOSS)
+
+
 def _shape_key(r):
-    return (r["suite"], r["N"], r["C"], r["logits_dtype"], r["labels_dtype"], r["mode"])
+    return (r["suite"], r["N"], r["C"], r["logits_dtype"], r["labels_dtype"], r["mode"], loss_of(r))
 
 
 def add_speedups(records):
     """speedup_vs_eager / _compile (user-visible time), device_speedup_vs_compile (device time)
-    and host_ratio_vs_bce (host time) against the baselines at the same shape and mode."""
+    and host_ratio_vs_bce (host time) against the baselines at the same shape, mode and loss."""
     base = {}
     for r in records:
         if r["backend"] in BASELINES:
@@ -102,11 +114,15 @@ def best_row(rows):
                                    default=None)
 
 
-def pivot(records):
-    """{case key: {backend: record}} in the order cases appear."""
+def pivot(records, loss=None):
+    """{case key: {backend: record}} in the order cases appear, over the records of one loss:
+    ``loss``, or by default the main one (DEFAULT_LOSS where measured, else the first)."""
+    losses = losses_in(records)
+    loss = loss or (losses[0] if losses else DEFAULT_LOSS)
     table = {}
     for r in records:
-        table.setdefault(case_key(r), {})[r["backend"]] = r
+        if loss_of(r) == loss:
+            table.setdefault(case_key(r), {})[r["backend"]] = r
     return table
 
 
@@ -125,28 +141,32 @@ def _md_table(head, rows, align="---"):
                      + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
+# A fused backend's time marked so ran the reference: the kernels do not compute that loss yet.
+REFERENCE_MARK = "†"
+
+
 def time_cell(r):
     if r is None:
         return ""
     if r.get("median_ms") is not None:
-        return fmt(r["median_ms"])
+        return fmt(r["median_ms"]) + (REFERENCE_MARK if r.get("fused_kernel") is False else "")
     return "skipped" if "skipped" in (r.get("status") or "") else "error"
 
 
 # ------------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------------
-def summary_table(records, backends):
-    """A markdown table: one row per case, one time column per backend, then the fastest fused
-    backend's throughput, roofline fraction and speedups (and its device and host time, and host
-    time against BCE, where the run measured them)."""
+def summary_table(records, backends, loss=None):
+    """A markdown table of one loss's cases (see pivot): one row per case, one time column per
+    backend, then the fastest fused backend's throughput, roofline fraction and speedups (and its
+    device and host time, and host time against BCE, where the run measured them)."""
     extra = [(name, label) for name, label in (("device_us", "device µs"), ("host_us", "host µs"),
                                                ("host_ratio_vs_bce", "host × bce"))
              if has_field(records, name)]
     head = (["suite", "N", "C", "logits", "labels", "mode"] + [f"{b} ms" for b in backends]
             + ["best", "GB/s", "roofline", "× eager", "× compile", "peak mem"] + [label for _, label in extra])
     rows = []
-    for key, by_backend in pivot(records).items():
+    for key, by_backend in pivot(records, loss).items():
         suite, C, ldt, labdt, N, mode = key
         cells = [suite, str(N), str(C), ldt, labdt, mode] + [time_cell(by_backend.get(b)) for b in backends]
         best = best_row(by_backend.values())
@@ -160,15 +180,16 @@ def summary_table(records, backends):
     return _md_table(head, rows)
 
 
-def time_split_table(records):
-    """Per fwd+bwd case and backend: user-visible ms, device µs, host µs, host × bce and how the
-    device time was obtained; empty for results from before these were measured."""
+def time_split_table(records, loss=None):
+    """Per fwd+bwd case of one loss (see pivot) and backend: user-visible ms, device µs, host µs,
+    host × bce and how the device time was obtained; empty for results from before these were
+    measured."""
     if not has_field(records, "host_us"):
         return ""
     head = ["N", "C", "logits", "labels", "backend", "user ms", "device µs", "host µs", "host × bce", "roofline",
             "device timing"]
     rows = []
-    for (suite, C, ldt, labdt, N, mode), by_backend in pivot(records).items():
+    for (suite, C, ldt, labdt, N, mode), by_backend in pivot(records, loss).items():
         if mode != "fwd+bwd":
             continue
         for b in backends_in(list(by_backend.values())):
@@ -182,9 +203,10 @@ def time_split_table(records):
 
 def targets_rows(records, auto_name):
     """Per qualifying case (fwd+bwd, bf16 logits, uint8 labels, N*C >= 2^26): each fused
-    backend against the targets, and whether "auto" picks the fastest."""
+    backend against the targets, and whether "auto" picks the fastest. DB-focal's alone: the
+    targets are the DB kernels'."""
     rows = []
-    for key, by_backend in pivot(records).items():
+    for key, by_backend in pivot(records, DEFAULT_LOSS).items():
         suite, C, ldt, labdt, N, mode = key
         if mode != "fwd+bwd" or ldt != "bf16" or labdt != "uint8" or N * C < TARGET_ELEMENTS:
             continue
@@ -233,10 +255,29 @@ TIMES_SPLIT = ("- times: `ms` columns are user-visible (GPU: CUDA events around 
                "beyond the inputs")
 
 
+LOSS_NOTES = {
+    "db-focal": f"{CONFIG} defaults (rebalance + focal + NTR, mean)",
+    "asl": ("Ridnik et al.'s defaults (gamma_neg 4, gamma_pos 1, clip 0.05, summed): the fused `AsymmetricLoss` "
+            "against the paper's formula in PyTorch ops, eager (`eager`) and under torch.compile (`compile`)"),
+}
+
+
+def _loss_sections(records, loss, split):
+    """The summary table and time split of one loss other than the main one."""
+    mine = [r for r in records if loss_of(r) == loss]
+    parts = ["", f"## {loss}: {LOSS_NOTES.get(loss, loss)}", "", summary_table(mine, backends_in(mine), loss)]
+    if split:
+        parts += ["", f"### Time split (forward + backward), {loss}", "", time_split_table(mine, loss)]
+    return parts
+
+
 def render_summary(records, meta):
-    """summary.md. Results from before host and device time were measured render as they did."""
+    """summary.md. Results from before host and device time were measured render as they did;
+    a run of several losses gets one table per loss, the main one (db-focal) first."""
     split = has_field(records, "host_us")
-    backends = backends_in(records)
+    losses = losses_in(records) or [DEFAULT_LOSS]
+    main = [r for r in records if loss_of(r) == losses[0]]
+    backends = backends_in(main)
     errors = [r for r in records if (r.get("status") or "").startswith("error")]
     skipped = sum(1 for r in records if (r.get("status") or "").startswith("skipped"))
     worst = max((r["max_rel_err"] for r in records if r.get("max_rel_err") is not None), default=None)
@@ -251,25 +292,33 @@ def render_summary(records, meta):
         + (f"; load average {meta['cpu_load']} at the start" if meta.get("cpu_load") is not None else ""),
         f"- backends available: {', '.join(meta.get('available_backends') or [])}; `backend=\"auto\"` runs "
         f"**{meta.get('auto_backend')}** here",
-        f"- suites: {meta.get('suites')}; loss config: {CONFIG} defaults (rebalance + focal + NTR, mean); "
-        f"labels validation off; torch.compile: default mode, {meta.get('compile_shapes')} shapes "
+        f"- suites: {meta.get('suites')}; loss config: "
+        + (LOSS_NOTES.get(losses[0], losses[0]) if len(losses) == 1 else "one section per loss below")
+        + f"; labels validation off; torch.compile: default mode, {meta.get('compile_shapes')} shapes "
         f"(auto: batch dimension dynamic below {meta.get('static_from') or DYNAMIC_BELOW:,} elements, "
         "one static graph per shape above)",
         TIMES_SPLIT if split else TIMES_OLD,
         f"- largest deviation from eager over all runs: {fmt(worst)} (relative; bf16 gradients round to 2^-8)",
-        "",
-        summary_table(records, backends),
     ]
+    if any(r.get("fused_kernel") is False for r in records):
+        parts.append(f"- {REFERENCE_MARK}: this fused backend ran the package's reference for the loss (its "
+                     "kernels do not compute these options yet), so the time is not a kernel figure")
+    if len(losses) > 1:
+        parts += ["", f"## {losses[0]}: {LOSS_NOTES.get(losses[0], losses[0])}"]
+    parts += ["", summary_table(main, backends, losses[0])]
     if split:
-        parts += ["", "## Time split (forward + backward)", "", time_split_table(records)]
+        parts += ["", "## Time split (forward + backward)", "", time_split_table(main, losses[0])]
     targets = targets_table(records, meta.get("auto_backend"))
     if targets:
         parts += ["", "## Targets (forward+backward, bf16 logits, uint8 labels, N·C ≥ 2^26)", "", targets]
+    for loss in losses[1:]:
+        parts += _loss_sections(records, loss, split)
     if skipped:
         parts += ["", f"{skipped} runs were skipped: the time budget ran out."]
     if errors:
         parts += ["", "## Errors", ""] + [
-            f"- {r['backend']} {r['N']}x{r['C']} {r['logits_dtype']}/{r['labels_dtype']} {r['mode']}: {r['status']}"
+            f"- {r['backend']} {r['N']}x{r['C']} {r['logits_dtype']}/{r['labels_dtype']} {r['mode']}"
+            f"{'' if loss_of(r) == DEFAULT_LOSS else ' ' + loss_of(r)}: {r['status']}"
             for r in errors]
     return "\n".join(parts) + "\n"
 
@@ -280,18 +329,20 @@ def short_table(records, meta):
              f"copy {fmt(meta.get('copy_gbytes_per_s'))} GB/s | auto={meta.get('auto_backend')}",
              f"{'suite':10} {'N':>8} {'C':>8} {'dtypes':12} {'mode':8} {'best':8} {'ms':>8} {'dev µs':>8} "
              f"{'host µs':>8} {'xbce':>5} {'roof':>5} {'xeager':>7} {'xcomp':>6}"]
-    for key, rows in pivot(records).items():
-        suite, C, ldt, labdt, N, mode = key
-        best = best_row(rows.values())
-        head = f"{suite:10} {N:>8} {C:>8} {ldt + '/' + labdt:12} {mode:8}"
-        if best is None:
-            status = next(iter(rows.values())).get("status") or ""
-            lines.append(f"{head} {'-':8} {status[:40]}")
-            continue
-        lines.append(f"{head} {best['backend']:8} {fmt(best['median_ms']):>8} {fmt(best.get('device_us')):>8} "
-                     f"{fmt(best.get('host_us')):>8} {fmt(best.get('host_ratio_vs_bce'), 2):>5} "
-                     f"{fmt(best['roofline_fraction'], 2):>5} {fmt(best.get('speedup_vs_eager')):>7} "
-                     f"{fmt(best.get('speedup_vs_compile')):>6}")
+    losses = losses_in(records)
+    for loss in losses:
+        for (suite, C, ldt, labdt, N, mode), rows in pivot(records, loss).items():
+            suite = suite if len(losses) == 1 else f"{suite}/{loss}"
+            head = f"{suite:10} {N:>8} {C:>8} {ldt + '/' + labdt:12} {mode:8}"
+            best = best_row(rows.values())
+            if best is None:
+                status = next(iter(rows.values())).get("status") or ""
+                lines.append(f"{head} {'-':8} {status[:40]}")
+                continue
+            lines.append(f"{head} {best['backend']:8} {fmt(best['median_ms']):>8} {fmt(best.get('device_us')):>8} "
+                         f"{fmt(best.get('host_us')):>8} {fmt(best.get('host_ratio_vs_bce'), 2):>5} "
+                         f"{fmt(best['roofline_fraction'], 2):>5} {fmt(best.get('speedup_vs_eager')):>7} "
+                         f"{fmt(best.get('speedup_vs_compile')):>6}")
     return "\n".join(lines)
 
 
@@ -303,7 +354,8 @@ def plot_throughput(records, meta, path):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
-    ok = [r for r in records if r.get("elements_per_s")]
+    losses = losses_in(records)
+    ok = [r for r in records if r.get("elements_per_s") and loss_of(r) == (losses[0] if losses else DEFAULT_LOSS)]
     if not ok:
         return False
     labels_dtype = "uint8" if any(r["labels_dtype"] == "uint8" for r in ok) else ok[0]["labels_dtype"]
@@ -339,8 +391,10 @@ def plot_throughput(records, meta, path):
     handles = [Line2D([], [], color=colors[b], linestyle="--" if b in BASELINES else "-", label=b) for b in backends]
     handles += [Line2D([], [], color="gray", marker=m, linestyle="none", label=f"C={C:,}") for C, m in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), frameon=False, fontsize=9)
-    fig.suptitle(f"dbl_kernels throughput: {meta['device_name']}, torch {meta['torch']}, {meta['date']}",
-                 fontsize=11)
+    title = f"dbl_kernels throughput: {meta['device_name']}, torch {meta['torch']}, {meta['date']}"
+    if len(losses) > 1:
+        title += f" ({losses[0]}; the other losses in summary.md)"
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=110, format="png")
