@@ -306,7 +306,7 @@ struct Problem {
   int64_t ldy;
   const T* w;
   int64_t ws0, ws1;
-  const T* params;  // 4 x C
+  const T* params;  // kTableRows x C
   Spec<T> spec;
   int reduction;
   bool need_grad;
@@ -544,15 +544,18 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
   if (s.reduction != RED_NONE) *pr.loss.data_ptr<T>() = static_cast<T>(total);  // aux[0] is in the element losses
 }
 
+// The contract features the CPU op implements (dbl_kernels/cpp_ops.py declares the same).
+constexpr int kCpuFeatures = 0;
+
 std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at::Tensor& labels,
+                                             const std::optional<at::Tensor>& crow_indices,
+                                             const std::optional<at::Tensor>& col_indices,
                                              const std::optional<at::Tensor>& weight, const at::Tensor& class_params,
-                                             const at::Tensor& aux, int64_t reweight_mode, int64_t weight_norm,
-                                             bool logit_reg, bool focal, int64_t reduction, double map_alpha,
-                                             double map_beta, double map_gamma, double cb_log_beta, double neg_scale,
-                                             double gamma, double scale, double w_max, bool need_grad) {
-  const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
-                    cb_log_beta, neg_scale, gamma, scale, w_max, need_grad};
-  Prepared p = prepare(logits, labels, weight, class_params, aux, s);
+                                             const at::Tensor& aux, const std::optional<at::Tensor>& row_stats,
+                                             at::IntArrayRef modes, at::ArrayRef<double> scalars, bool need_grad) {
+  const OpScalars s = unpack_options(modes, scalars, need_grad);
+  Prepared p = prepare(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, s,
+                       kCpuFeatures);
   if (p.compute == at::kDouble) run_cpu<double>(p, s);
   else run_cpu<float>(p, s);
   return {p.loss, p.grad};

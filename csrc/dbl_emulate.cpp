@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "dbl_block.h"
-#include "dbl_ops.h"
+#include "dbl_launch.h"
 
 namespace dbl {
 namespace {
@@ -58,20 +58,6 @@ struct Emulator {
   }
 };
 
-int y_dtype_code(at::ScalarType t) {
-  switch (t) {
-    case at::kBool: case at::kByte: return kU8;
-    case at::kChar: return kI8;
-    case at::kShort: return kI16;
-    case at::kInt: return kI32;
-    case at::kLong: return kI64;
-    case at::kHalf: return kF16;
-    case at::kBFloat16: return kBF16;
-    case at::kFloat: return kF32;
-    default: return kF64;
-  }
-}
-
 bool workspace_at_rest(const Plan& p) {
   const std::vector<char>& ws = workspace();
   uint32_t ticket;
@@ -81,49 +67,22 @@ bool workspace_at_rest(const Plan& p) {
   return ticket == 0 && key == 0;
 }
 
+// The contract features of the CUDA op (dbl_cuda_glue.cpp), which the emulation mirrors.
+constexpr int kCudaFeatures = 0;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
-    const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& weight,
-    const at::Tensor& class_params, const at::Tensor& aux, int64_t reweight_mode, int64_t weight_norm, bool logit_reg,
-    bool focal, int64_t reduction, double map_alpha, double map_beta, double map_gamma, double cb_log_beta,
-    double neg_scale, double gamma, double scale, double w_max, bool need_grad, int64_t err) {
+    const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& crow_indices,
+    const std::optional<at::Tensor>& col_indices, const std::optional<at::Tensor>& weight,
+    const at::Tensor& class_params, const at::Tensor& aux, const std::optional<at::Tensor>& row_stats,
+    at::IntArrayRef modes, at::ArrayRef<double> scalars, bool need_grad, int64_t err) {
   TORCH_CHECK(logits.device().is_cpu(), "dbl::_cuda_emulate runs on CPU tensors");
-  TORCH_CHECK(reduction != RED_MEAN_COUNTED, "dbl::_cuda_emulate: reduction 3 is CPU-only, as on the GPU");
   TORCH_CHECK(err >= -1 && err <= 1, "dbl::_cuda_emulate: err must be -1, 0 or 1");
-  const OpScalars s{reweight_mode, weight_norm, logit_reg, focal, reduction, map_alpha, map_beta, map_gamma,
-                    cb_log_beta, neg_scale, gamma, scale, w_max, need_grad};
-  Prepared pr = prepare(logits, labels, weight, class_params, aux, s);
-  FusedLaunch a{};
-  a.logits = pr.logits.data_ptr();
-  a.z_dtype = pr.logits.scalar_type() == at::kDouble ? kF64
-              : pr.logits.scalar_type() == at::kHalf ? kF16
-              : pr.logits.scalar_type() == at::kBFloat16 ? kBF16 : kF32;
-  a.ldz = pr.N > 1 ? pr.logits.stride(0) : pr.C;
-  a.labels = pr.labels.data_ptr();
-  a.y_dtype = y_dtype_code(pr.labels.scalar_type());
-  a.ldy = pr.N > 1 ? pr.labels.stride(0) : pr.C;
-  a.weight = pr.weight.defined() ? pr.weight.data_ptr() : nullptr;
-  a.ws0 = pr.weight.defined() ? pr.weight.stride(0) : 0;
-  a.ws1 = pr.weight.defined() ? pr.weight.stride(1) : 0;
-  a.params = pr.params.data_ptr();
-  a.aux = pr.aux.data_ptr();
-  a.loss = pr.loss.data_ptr();
-  a.grad = need_grad ? pr.grad.data_ptr() : nullptr;
-  a.N = pr.N;
-  a.C = pr.C;
-  a.reweight = static_cast<int>(reweight_mode);
-  a.weight_norm = static_cast<int>(weight_norm);
-  a.reduction = static_cast<int>(reduction);
-  a.logit_reg = logit_reg;
-  a.focal = focal;
-  a.need_grad = need_grad;
-  a.map_alpha = map_alpha;
-  a.map_beta = map_beta;
-  a.map_gamma = map_gamma;
-  a.cb_log_beta = cb_log_beta;
-  a.neg_scale = neg_scale;
-  a.gamma = gamma;
-  a.scale = scale;
-  a.w_max = w_max;
+  const OpScalars s = unpack_options(modes, scalars, need_grad);
+  TORCH_CHECK(s.reduction != RED_MEAN_COUNTED, "dbl::_cuda_emulate: reduction 3 is CPU-only, as on the GPU");
+  Prepared pr = prepare(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, s,
+                        kCudaFeatures);
+  FusedLaunch a = launch_args(pr, s, pr.loss.data_ptr());
+  const int64_t reduction = a.reduction;
   const Plan p = make_plan(a);
   std::vector<char>& ws = workspace();
   if (ws.size() < p.ws_bytes + 16) ws.resize(p.ws_bytes + 16, 0);  // zeroed once, then reused
@@ -152,10 +111,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
 
 TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def(
-      "_cuda_emulate(Tensor logits, Tensor labels, Tensor? weight, Tensor class_params, Tensor aux, "
-      "int reweight_mode, int weight_norm, bool logit_reg, bool focal, int reduction, float map_alpha, "
-      "float map_beta, float map_gamma, float cb_log_beta, float neg_scale, float gamma, float scale, float w_max, "
-      "bool need_grad, int err) -> (Tensor, Tensor, Tensor)");
+      "_cuda_emulate(Tensor logits, Tensor labels, Tensor? crow_indices, Tensor? col_indices, Tensor? weight, "
+      "Tensor class_params, Tensor aux, Tensor? row_stats, int[] modes, float[] scalars, bool need_grad, int err) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dbl, CPU, m) { m.impl("_cuda_emulate", &cuda_emulate); }

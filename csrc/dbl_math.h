@@ -30,10 +30,11 @@ namespace dbl {
 // Codes shared with dbl_kernels/_spec.py.
 enum Reweight { RW_NONE = 0, RW_REBALANCE = 1, RW_CLASS = 2, RW_CB_AVG_W = 3, RW_CB_AVG_N = 4, RW_CB_MIN_N = 5 };
 enum Norm { NORM_NONE = 0, NORM_INSTANCE = 1, NORM_BATCH = 2 };
-// RED_MEAN_COUNTED (CPU op only): a mean over the labels != -1 that the op counts itself.
-enum Reduction { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2, RED_MEAN_COUNTED = 3 };
-// Rows of the class_params table.
-enum ParamRow { P_INV_FREQ = 0, P_CLASS_W = 1, P_FREQ = 2, P_BIAS = 3 };
+// RED_MEAN_COUNTED (CPU op only): a mean over the labels != -1 that the op counts itself;
+// RED_PER_CLASS: the C-vector of column sums.
+enum Reduction { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2, RED_MEAN_COUNTED = 3, RED_PER_CLASS = 4 };
+// Rows of the class_params table (P_POS_W: ASL's weight of the positive log term).
+enum ParamRow { P_INV_FREQ = 0, P_CLASS_W = 1, P_FREQ = 2, P_BIAS = 3, P_POS_W = 4, kTableRows = 5 };
 
 // How the focal modulation is evaluated; gamma == 0 is plain BCE (the balance factor sits in scale).
 // FOCAL_RUNTIME reads the kind from ElemConsts::focal (uniform branches, for the generic GPU kernel).

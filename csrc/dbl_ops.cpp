@@ -15,10 +15,10 @@ PyObject* PyInit__C(void) {
 
 // A fragment: the Python custom ops (dbl::scale_grad_, dbl::fused_triton) share the namespace.
 TORCH_LIBRARY_FRAGMENT(dbl, m) {
+  // Contract v2 (dbl_kernels/_spec.py): the options travel packed in modes and scalars.
   m.def(
-      "fused(Tensor logits, Tensor labels, Tensor? weight, Tensor class_params, Tensor aux, int reweight_mode, "
-      "int weight_norm, bool logit_reg, bool focal, int reduction, float map_alpha, float map_beta, "
-      "float map_gamma, float cb_log_beta, float neg_scale, float gamma, float scale, float w_max, bool need_grad) "
+      "fused(Tensor logits, Tensor labels, Tensor? crow_indices, Tensor? col_indices, Tensor? weight, "
+      "Tensor class_params, Tensor aux, Tensor? row_stats, int[] modes, float[] scalars, bool need_grad) "
       "-> (Tensor, Tensor)");
 #ifdef DBL_WITH_CUDA
   m.def("scale_grad_cuda_(Tensor(a!) grad, Tensor grad_output) -> ()");

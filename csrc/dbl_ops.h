@@ -10,19 +10,63 @@
 
 namespace dbl {
 
-// The op's scalar arguments, in schema order (see dbl_kernels/ops.py OP_ARG_NAMES).
+// The op's options, unpacked from its int[] modes and float[] scalars (contract v2: the orders of
+// dbl_kernels/_spec.py MODE_* and SCALARS).
+enum ModeIndex {
+  M_REWEIGHT = 0, M_NORM, M_LOGIT_REG, M_FOCAL, M_REDUCTION, M_CHECK_LABELS, M_ASYMMETRIC, M_FOCUS_GRAD, kNumModes
+};
+enum ScalarIndex {
+  S_MAP_ALPHA = 0, S_MAP_BETA, S_MAP_GAMMA, S_CB_LOG_BETA, S_NEG_SCALE, S_GAMMA, S_GAMMA_NEG, S_CLIP, S_SMOOTHING,
+  S_SCALE, S_W_MAX, kNumScalars
+};
+
 struct OpScalars {
   int64_t reweight_mode, weight_norm;
   bool logit_reg, focal;
   int64_t reduction;
-  double map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max;
+  bool check_labels, asymmetric, focus_grad;
+  double map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, gamma_neg, clip, smoothing, scale, w_max;
   bool need_grad;
 };
 
+inline OpScalars unpack_options(at::IntArrayRef modes, at::ArrayRef<double> scalars, bool need_grad) {
+  TORCH_CHECK_VALUE(modes.size() == kNumModes, "dbl::fused: modes must hold ", static_cast<int>(kNumModes),
+                    " ints (dbl_kernels/_spec.py MODE_*), got ", modes.size());
+  TORCH_CHECK_VALUE(scalars.size() == kNumScalars, "dbl::fused: scalars must hold ", static_cast<int>(kNumScalars),
+                    " floats (dbl_kernels/_spec.py SCALARS), got ", scalars.size());
+  OpScalars s{};
+  s.reweight_mode = modes[M_REWEIGHT];
+  s.weight_norm = modes[M_NORM];
+  s.logit_reg = modes[M_LOGIT_REG] != 0;
+  s.focal = modes[M_FOCAL] != 0;
+  s.reduction = modes[M_REDUCTION];
+  s.check_labels = modes[M_CHECK_LABELS] != 0;
+  s.asymmetric = modes[M_ASYMMETRIC] != 0;
+  s.focus_grad = modes[M_FOCUS_GRAD] != 0;
+  s.map_alpha = scalars[S_MAP_ALPHA];
+  s.map_beta = scalars[S_MAP_BETA];
+  s.map_gamma = scalars[S_MAP_GAMMA];
+  s.cb_log_beta = scalars[S_CB_LOG_BETA];
+  s.neg_scale = scalars[S_NEG_SCALE];
+  s.gamma = scalars[S_GAMMA];
+  s.gamma_neg = scalars[S_GAMMA_NEG];
+  s.clip = scalars[S_CLIP];
+  s.smoothing = scalars[S_SMOOTHING];
+  s.scale = scalars[S_SCALE];
+  s.w_max = scalars[S_W_MAX];
+  s.need_grad = need_grad;
+  return s;
+}
+
+// The optional parts of the contract an implementation has (dbl_kernels/ops.py ALL_FEATURES); a
+// call needing one it lacks is refused by prepare() (Python routes such calls to the reference).
+enum Feature { F_ASYMMETRIC = 1, F_PER_CLASS = 2, F_CSR = 4, F_ROW_STATS = 8, F_CHECK_LABELS = 16 };
+
 // Inputs normalised for the kernels: unit column stride for logits and labels, weight in the
-// compute dtype with its (possibly zero) strides, contiguous class table and aux, fresh outputs.
+// compute dtype with its (possibly zero) strides, contiguous class table, aux and row statistics,
+// fresh outputs (loss: N x C, a C-vector for per_class, or a scalar).
 struct Prepared {
-  at::Tensor logits, labels, weight, params, aux, loss, grad;
+  at::Tensor logits, labels, weight, params, aux, row_stats, loss, grad;
   at::ScalarType compute;
   int64_t N, C;
 };
@@ -51,10 +95,23 @@ inline at::Tensor cast_keep_broadcast(const at::Tensor& w, at::ScalarType dtype)
   return base.to(dtype).expand(w.sizes());
 }
 
-inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& weight,
-                        const at::Tensor& class_params, const at::Tensor& aux, const OpScalars& s) {
+inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& crow,
+                        const std::optional<at::Tensor>& col, const std::optional<at::Tensor>& weight,
+                        const at::Tensor& class_params, const at::Tensor& aux,
+                        const std::optional<at::Tensor>& row_stats, const OpScalars& s, int features) {
+  const bool csr = crow.has_value() || col.has_value();
+  TORCH_CHECK(!csr || (features & F_CSR), "dbl::fused: CSR labels (crow_indices, col_indices) are not "
+              "implemented by this kernel; pass dense labels");
+  TORCH_CHECK(!row_stats.has_value() || (features & F_ROW_STATS), "dbl::fused: row_stats are not implemented by "
+              "this kernel; pass row_stats=None");
+  TORCH_CHECK(!s.check_labels || (features & F_CHECK_LABELS), "dbl::fused: check_labels (modes[5]) is "
+              "implemented by the CPU op only; check the labels before the call");
+  TORCH_CHECK(!s.asymmetric || (features & F_ASYMMETRIC), "dbl::fused: the asymmetric form (modes[6]) is not "
+              "implemented by this kernel");
+  TORCH_CHECK(s.reduction != RED_PER_CLASS || (features & F_PER_CLASS), "dbl::fused: reduction per_class is not "
+              "implemented by this kernel");
   TORCH_CHECK(logits.dim() == 2, "dbl::fused: logits must be N x C, got ", logits.sizes());
-  TORCH_CHECK(labels.sizes() == logits.sizes(), "dbl::fused: labels ", labels.sizes(), " must match logits ",
+  TORCH_CHECK(csr || labels.sizes() == logits.sizes(), "dbl::fused: labels ", labels.sizes(), " must match logits ",
               logits.sizes());
   const auto zt = logits.scalar_type();
   TORCH_CHECK(zt == at::kHalf || zt == at::kBFloat16 || zt == at::kFloat || zt == at::kDouble,
@@ -63,33 +120,49 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
   TORCH_CHECK(labels.device() == logits.device() && class_params.device() == logits.device() &&
                   aux.device() == logits.device(),
               "dbl::fused: logits, labels, class_params and aux must be on one device");
-  TORCH_CHECK(s.reweight_mode >= RW_NONE && s.reweight_mode <= RW_CB_MIN_N, "dbl::fused: bad reweight_mode ",
-              s.reweight_mode);
-  TORCH_CHECK(s.weight_norm >= NORM_NONE && s.weight_norm <= NORM_BATCH, "dbl::fused: bad weight_norm ",
-              s.weight_norm);
-  TORCH_CHECK(s.reduction >= RED_NONE && s.reduction <= RED_MEAN_COUNTED, "dbl::fused: bad reduction ", s.reduction);
-  TORCH_CHECK(s.gamma >= 0, "dbl::fused: gamma must be >= 0, got ", s.gamma);
-  TORCH_CHECK(s.neg_scale > 0, "dbl::fused: neg_scale must be > 0, got ", s.neg_scale);
+  TORCH_CHECK_VALUE(s.reweight_mode >= RW_NONE && s.reweight_mode <= RW_CB_MIN_N, "dbl::fused: bad reweight_mode ",
+                    s.reweight_mode);
+  TORCH_CHECK_VALUE(s.weight_norm >= NORM_NONE && s.weight_norm <= NORM_BATCH, "dbl::fused: bad weight_norm ",
+                    s.weight_norm);
+  TORCH_CHECK_VALUE(s.reduction >= RED_NONE && s.reduction <= RED_PER_CLASS, "dbl::fused: bad reduction ",
+                    s.reduction);
+  TORCH_CHECK_VALUE(s.gamma >= 0, "dbl::fused: gamma must be >= 0, got ", s.gamma);
+  TORCH_CHECK_VALUE(s.neg_scale > 0, "dbl::fused: neg_scale must be > 0, got ", s.neg_scale);
+  if (s.asymmetric) {
+    TORCH_CHECK_VALUE(s.gamma_neg >= 0, "dbl::fused: gamma_neg must be >= 0, got ", s.gamma_neg);
+    TORCH_CHECK_VALUE(s.clip >= 0 && s.clip < 1, "dbl::fused: clip must lie in [0, 1), got ", s.clip);
+    TORCH_CHECK_VALUE(s.smoothing >= 0 && s.smoothing < 1, "dbl::fused: smoothing must lie in [0, 1), got ",
+                      s.smoothing);
+  }
 
   Prepared p;
   p.N = logits.size(0);
   p.C = logits.size(1);
   p.compute = zt == at::kDouble ? at::kDouble : at::kFloat;
   p.logits = unit_column_stride(logits);
-  p.labels = unit_column_stride(labels);
+  p.labels = csr ? labels : unit_column_stride(labels);
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK(weight->device() == logits.device(), "dbl::fused: weight must be on the logits' device");
     TORCH_CHECK(weight->dim() <= 2, "dbl::fused: weight must broadcast to N x C, got ", weight->sizes());
     at::Tensor w = weight->expand({p.N, p.C});
     p.weight = cast_keep_broadcast(w, p.compute);
   }
-  TORCH_CHECK(class_params.dim() == 2 && class_params.size(0) == 4 && class_params.size(1) == p.C,
-              "dbl::fused: class_params must be 4 x C, got ", class_params.sizes());
+  TORCH_CHECK(class_params.dim() == 2 && class_params.size(0) == kTableRows && class_params.size(1) == p.C,
+              "dbl::fused: class_params must be ", static_cast<int>(kTableRows), " x C (C = ", p.C, "), got ",
+              class_params.sizes());
   p.params = class_params.to(p.compute).contiguous();
   TORCH_CHECK(aux.numel() == 2, "dbl::fused: aux must have 2 elements, got ", aux.numel());
   p.aux = aux.to(p.compute).contiguous();
+  if (row_stats.has_value()) {
+    TORCH_CHECK(row_stats->device() == logits.device() && row_stats->dim() == 2 && row_stats->size(0) == 2 &&
+                    row_stats->size(1) == p.N,
+                "dbl::fused: row_stats must be 2 x N (N = ", p.N, ") on the logits' device, got ", row_stats->sizes());
+    p.row_stats = row_stats->to(p.compute).contiguous();
+  }
   const auto opts = logits.options();
-  p.loss = s.reduction == RED_NONE ? at::empty({p.N, p.C}, opts.dtype(p.compute)) : at::empty({}, opts.dtype(p.compute));
+  const auto copts = opts.dtype(p.compute);
+  p.loss = s.reduction == RED_NONE ? at::empty({p.N, p.C}, copts)
+           : s.reduction == RED_PER_CLASS ? at::empty({p.C}, copts) : at::empty({}, copts);
   p.grad = s.need_grad ? at::empty({p.N, p.C}, opts) : at::empty({0}, opts);
   return p;
 }

@@ -33,7 +33,7 @@ struct FusedLaunch {
   int64_t ldy;
   const void* weight;  // N x C in the compute dtype with strides (ws0, ws1), or null
   int64_t ws0, ws1;
-  const void* params;  // 4 x C class table, compute dtype
+  const void* params;  // kTableRows x C class table, compute dtype
   const void* aux;     // [reduction scale, unused], compute dtype, on the device
   void* loss;          // N x C (reduction none) or a scalar, compute dtype
   void* grad;          // N x C contiguous, logits' dtype (when need_grad)

@@ -130,7 +130,11 @@ def class_params(class_freq: np.ndarray | None, train_num: float | None, cfg: Lo
     return table.numpy()
 
 
-def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
+def kernel_spec(table: np.ndarray, cfg: LossConfig, pos_weight: bool = False) -> KernelSpec:
+    """The kernel options of ``cfg`` (``table``: its class_params). ``pos_weight``: the table's
+    POS_W row was given, which selects the asymmetric form even without an asymmetric option (as
+    ``reference.focal_bce`` does)."""
+    asymmetric = cfg.asymmetric or pos_weight
     mode = _reweight_mode(cfg)
     if mode == REWEIGHT_REBALANCE:
         inv = table[INV_FREQ]
@@ -144,10 +148,10 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
         logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS.get(cfg.reduction, REDUCTION_SUM),
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
         cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
-        gamma=cfg.gammas[0] if cfg.asymmetric else float(cfg.gamma),
+        gamma=cfg.gammas[0] if asymmetric else float(cfg.gamma),
         scale=float(cfg.balance_param * cfg.loss_weight if cfg.focal else cfg.loss_weight),
-        w_max=w_max, gamma_neg=cfg.gammas[1] if cfg.asymmetric else float(cfg.gamma), clip=float(cfg.clip),
-        smoothing=float(cfg.smoothing), asymmetric=cfg.asymmetric, focus_grad=cfg.focus_grad,
+        w_max=w_max, gamma_neg=cfg.gammas[1] if asymmetric else float(cfg.gamma), clip=float(cfg.clip),
+        smoothing=float(cfg.smoothing), asymmetric=asymmetric, focus_grad=cfg.focus_grad,
     )
 
 

@@ -90,8 +90,10 @@ class AsymmetricLoss(_FusedLoss):
         """A neutral class table per number of classes (ASL uses no class statistics)."""
         entry = self._tables.get(num_classes)
         if entry is None:
-            table = class_params(None, None, self.config, num_classes)
-            entry = self._tables[num_classes] = (torch.from_numpy(table), kernel_spec(table, self.config))
+            pos_weight = self._buffers["pos_weight"]
+            table = class_params(None, None, self.config, num_classes, pos_weight)  # POS_W: pos_weight
+            spec = kernel_spec(table, self.config, pos_weight=pos_weight is not None)
+            entry = self._tables[num_classes] = (torch.from_numpy(table), spec)
         return entry
 
     def _reference_inputs(self):

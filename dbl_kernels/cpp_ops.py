@@ -29,4 +29,7 @@ def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
 
 
 fused = torch.ops.dbl.fused.default
-ops.register(fused, device_scale=scale_grad if _HAS_CUDA else None)
+# The optional parts of the contract both C++ kernels implement (csrc: kCpuFeatures, kCudaFeatures);
+# calls needing any other run the reference (loss._fused_supports).
+FEATURES = frozenset()
+ops.register(fused, device_scale=scale_grad if _HAS_CUDA else None, features=FEATURES)

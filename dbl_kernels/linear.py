@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _sparse, reference
+from . import _sparse, backends, ops, reference
+from ._spec import REDUCTIONS, class_params, kernel_spec
 from .loss import StatsLike, _as_config, _as_stats
 
 CHUNK_BUDGET_BYTES = 64 << 20
@@ -69,7 +70,8 @@ def _row_terms(labels, chunks, class_freq, train_num, cfg):
 
 
 def _chunk_loss(logits, labels, class_freq, train_num, cfg, rows):
-    """The summed (or per-column) loss of one chunk and its gradient w.r.t. the chunk's logits."""
+    """The summed (or per-column) loss of one chunk and its gradient w.r.t. the chunk's logits, by
+    the reference."""
     z = logits.detach().requires_grad_()
     with torch.enable_grad():
         loss = reference.distribution_balanced_loss(z, labels, class_freq, train_num, cfg, rows=rows)
@@ -77,10 +79,47 @@ def _chunk_loss(logits, labels, class_freq, train_num, cfg, rows):
     return loss.detach(), grad
 
 
+class _FusedChunks:
+    """The chunks through a fused op that takes row statistics (contract v2 ``row_stats``): each
+    call gets the chunk's slice of the full class table, whose w_max spans all classes, and the
+    row statistics and batch maximum over all classes."""
+
+    def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device):
+        table = class_params(class_freq.cpu().numpy(), train_num, cfg)
+        self.op, self.spec = op, kernel_spec(table, cfg)
+        self.params = torch.from_numpy(table).to(device=device, dtype=dtype)
+        stats, _, batch_max = rows
+        self.row_stats = None if stats is None else torch.cat([stats[0].t(), stats[1].t()]).to(dtype).contiguous()
+        inv_batch = 1.0 / batch_max if cfg.weight_norm == "by_batch" and batch_max is not None else None
+        one = torch.ones((), dtype=dtype, device=device)
+        self.aux = torch.stack([one, one if inv_batch is None else inv_batch.to(dtype).reshape(())])
+        self.reduction = REDUCTIONS[cfg.reduction]
+
+    def __call__(self, logits, labels, c0, c1):
+        params = self.params[:, c0:c1].contiguous()
+        args = ops.op_args(logits.detach(), labels, None, params, self.aux, self.spec, True, self.reduction,
+                           row_stats=self.row_stats)
+        return self.op(*args)
+
+
+def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype):
+    """A _FusedChunks where the resolved backend's op has what this loss needs, else None (the
+    reference per chunk)."""
+    name = backends.resolve(backend, device.type)
+    if name == "reference":
+        return None
+    op = backends.fused_op(name)
+    need = {"row_stats"} | ({"asymmetric"} if cfg.asymmetric else set())
+    need |= {"per_class"} if cfg.reduction == "per_class" else set()
+    if not need <= ops.features(op):
+        return None
+    return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device)
+
+
 class _ChunkedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, plan):
-        labels, class_freq, train_num, cfg, chunk_size = plan
+        labels, class_freq, train_num, cfg, chunk_size, backend = plan
         n_rows, num_classes = hidden.shape[0], weight.shape[0]
         chunks = [(c0, min(c0 + chunk_size, num_classes)) for c0 in range(0, num_classes, chunk_size)]
         dtype = reference.compute_dtype(hidden)  # the loss math; the matmuls follow autocast
@@ -88,6 +127,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         class_freq = class_freq.to(device=hidden.device, dtype=torch.float64)
         sum_cfg = dataclasses.replace(cfg, reduction="per_class" if cfg.reduction == "per_class" else "sum")
         *rows, known = _row_terms(labels, chunks, class_freq, train_num, cfg)
+        fused = _fused_chunks(backend, hidden.device, class_freq, train_num, sum_cfg, rows, dtype)
         if cfg.reduction == "mean":  # a device tensor: no host sync
             scale = 1.0 / torch.as_tensor(known, device=hidden.device).clamp(min=1).to(dtype)
         else:
@@ -100,7 +140,10 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             logits = hidden @ weight[c0:c1].t()
             if bias is not None:
                 logits = logits + bias[c0:c1]
-            loss, grad = _chunk_loss(logits, labels.chunk(c0, c1), class_freq[c0:c1], train_num, sum_cfg, rows)
+            if fused is not None:
+                loss, grad = fused(logits, labels.chunk(c0, c1), c0, c1)
+            else:
+                loss, grad = _chunk_loss(logits, labels.chunk(c0, c1), class_freq[c0:c1], train_num, sum_cfg, rows)
             if cfg.reduction == "per_class":
                 total[c0:c1] = loss
             else:
@@ -150,8 +193,10 @@ def linear_distribution_balanced_loss(hidden: torch.Tensor, weight: torch.Tensor
         chunk_size = default_chunk_size(n_rows, num_classes)
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive number of classes, got {chunk_size!r}")
+    backends.check_backend_name(backend)
     class_freq = torch.from_numpy(stats.class_freq.copy())
-    return _ChunkedLinearLoss.apply(hidden, weight, bias, (labels, class_freq, stats.train_num, cfg, chunk_size))
+    return _ChunkedLinearLoss.apply(hidden, weight, bias,
+                                    (labels, class_freq, stats.train_num, cfg, chunk_size, backend))
 
 
 def _check(hidden, weight, bias, labels, stats):

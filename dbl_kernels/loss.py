@@ -50,6 +50,9 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (N x C), got shape {tuple(logits.shape)}; "
                          "flatten extra dimensions into N first")
+    csr = _sparse.is_csr(labels)
+    if not csr and labels.shape != logits.shape:  # before the class count: the likelier mistake
+        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
                          f"{num_classes} classes; pass the statistics of this label space")
@@ -66,11 +69,9 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
             raise ValueError(f"weight of shape {tuple(weight.shape)} would enlarge the loss beyond {tuple(logits.shape)}")
         if weight.device != logits.device:
             raise ValueError(f"weight is on {weight.device} but logits on {logits.device}")
-    if _sparse.is_csr(labels):
+    if csr:
         _sparse.check_csr(labels, logits.shape, _default_check(labels, validate_labels))
         return None
-    if labels.shape != logits.shape:
-        raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise TypeError(f"labels dtype {labels.dtype} is not supported; use bool, uint8, int or float labels")
     if labels.requires_grad:
@@ -154,7 +155,7 @@ class _FusedLoss(nn.Module):
             backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
         csr = _sparse.is_csr(labels)
         features = ops.features(backends.fused_op(backend)) if backend != "reference" else frozenset()
-        if backend != "reference" and not _fused_supports(features, cfg, csr):
+        if backend != "reference" and not _fused_supports(features, cfg, csr, self._reference_inputs()[2]):
             backend, features = "reference", frozenset()
         # the CPU op checks dense label values in its own pass (no torch pass before the call)
         in_kernel = ("check_labels" in features and not csr and _default_check(labels, self.validate_labels)
@@ -215,10 +216,10 @@ class _FusedLoss(nn.Module):
         return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
 
 
-def _fused_supports(features, cfg, csr):
+def _fused_supports(features, cfg, csr, pos_weight=None):
     """Whether a fused backend with ``features`` (ops.register) computes this call, else the
-    reference runs it (only for backends that lack a feature: every built-in one has them all)."""
-    need = {"asymmetric"} if cfg.asymmetric else set()
+    reference runs it. A ``pos_weight`` selects the asymmetric form (reference.focal_bce)."""
+    need = {"asymmetric"} if cfg.asymmetric or pos_weight is not None else set()
     if cfg.reduction == "per_class":
         need.add("per_class")
     if csr:

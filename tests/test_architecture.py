@@ -128,11 +128,16 @@ def test_each_module_imports_first_in_a_fresh_interpreter():
 
 
 def _c_enums():
-    text = (ROOT / "csrc" / "dbl_math.h").read_text()
+    """The enumerators of csrc/dbl_math.h and dbl_ops.h, implicit values included."""
+    text = "\n".join((ROOT / "csrc" / name).read_text() for name in ("dbl_math.h", "dbl_ops.h"))
     codes = {}
     for body in re.findall(r"enum\s+\w+\s*\{([^}]*)\}", text):
-        for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", body):
-            codes[name] = int(value)
+        value = -1
+        for item in body.split(","):
+            m = re.match(r"\s*(\w+)\s*(?:=\s*(\d+))?\s*$", re.sub(r"//[^\n]*", "", item))
+            if m:
+                value = int(m.group(2)) if m.group(2) is not None else value + 1
+                codes[m.group(1)] = value
     return codes
 
 
@@ -146,8 +151,16 @@ def test_cpp_enum_codes_equal_the_python_contract():
         "RW_CB_MIN_N": _spec.REWEIGHT_CB_MIN_N,
         "NORM_NONE": _spec.NORM_NONE, "NORM_INSTANCE": _spec.NORM_INSTANCE, "NORM_BATCH": _spec.NORM_BATCH,
         "RED_NONE": _spec.REDUCTION_NONE, "RED_SUM": _spec.REDUCTION_SUM, "RED_MEAN": _spec.REDUCTION_MEAN,
-        "RED_MEAN_COUNTED": _spec.REDUCTION_MEAN_COUNTED,
+        "RED_MEAN_COUNTED": _spec.REDUCTION_MEAN_COUNTED, "RED_PER_CLASS": _spec.REDUCTION_PER_CLASS,
         "P_INV_FREQ": _spec.INV_FREQ, "P_CLASS_W": _spec.CLASS_W, "P_FREQ": _spec.FREQ, "P_BIAS": _spec.BIAS,
+        "P_POS_W": _spec.POS_W, "kTableRows": _spec.TABLE_ROWS,
+        # the positions in the op's modes and scalars (csrc/dbl_ops.h)
+        "M_REWEIGHT": _spec.MODE_REWEIGHT, "M_NORM": _spec.MODE_NORM, "M_LOGIT_REG": _spec.MODE_LOGIT_REG,
+        "M_FOCAL": _spec.MODE_FOCAL, "M_REDUCTION": _spec.MODE_REDUCTION, "M_CHECK_LABELS": _spec.MODE_CHECK_LABELS,
+        "M_ASYMMETRIC": _spec.MODE_ASYMMETRIC, "M_FOCUS_GRAD": _spec.MODE_FOCUS_GRAD,
+        "kNumModes": _spec.MODE_FOCUS_GRAD + 1,
+        "kNumScalars": len(_spec.SCALARS),
+        **{"S_" + name.upper(): i for i, name in enumerate(_spec.SCALARS)},
     }
     missing = sorted(set(pairs) - set(c))
     assert not missing, f"csrc/dbl_math.h lacks {missing}"

@@ -571,7 +571,7 @@ def test_cpu_avg_factor_of_any_sign_matches_reference(avg_factor):
 def test_op_counted_mean_counts_per_label_dtype(dtype):
     # reduction 3 at the op: the mean over labels != -1 counted by the CPU op (bool/uint8: all).
     from dbl_kernels import ops
-    from dbl_kernels._spec import REDUCTION_MEAN, REDUCTION_MEAN_COUNTED, counted_spec
+    from dbl_kernels._spec import MODE_REDUCTION, REDUCTION_MEAN, REDUCTION_MEAN_COUNTED, counted_spec
 
     z, y = _inputs(9, 80, partial=dtype not in (torch.bool, torch.uint8))
     y = y.to(dtype)
@@ -581,7 +581,8 @@ def test_op_counted_mean_counts_per_label_dtype(dtype):
     plain = ops.op_args(z, y, None, params, torch.stack([1.0 / known.float(), torch.tensor(1.0)]),
                         loss_fn.spec, True)
     counted = ops.op_args(z, y, None, params, torch.tensor([123.0, 1.0]), counted_spec(loss_fn.spec), True)
-    assert plain[9] == REDUCTION_MEAN and counted[9] == REDUCTION_MEAN_COUNTED
+    modes = ops.OP_ARG_NAMES.index("modes")
+    assert plain[modes][MODE_REDUCTION] == REDUCTION_MEAN and counted[modes][MODE_REDUCTION] == REDUCTION_MEAN_COUNTED
     (l1, g1), (l2, g2) = cpp_ops.fused(*plain), cpp_ops.fused(*counted)  # aux[0] = 123 is ignored
     assert torch.equal(l1, l2) and torch.equal(g1, g2)
 

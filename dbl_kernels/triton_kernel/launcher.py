@@ -11,7 +11,8 @@ import torch
 import triton
 
 from .. import ops
-from .._spec import REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM
+from .._spec import (MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_LOGIT_REG, MODE_NORM, MODE_REDUCTION,
+                     MODE_REWEIGHT, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM, SCALARS)
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
@@ -167,8 +168,33 @@ def scale_grad(grad, grad_output):
 
 
 
+_SCALAR = {name: i for i, name in enumerate(SCALARS)}
+
+
+def _fused_v2(logits: torch.Tensor, labels: torch.Tensor, crow_indices: Optional[torch.Tensor],
+              col_indices: Optional[torch.Tensor], weight: Optional[torch.Tensor], class_params: torch.Tensor,
+              aux: torch.Tensor, row_stats: Optional[torch.Tensor], modes: list[int], scalars: list[float],
+              need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op of kernel contract v2 (_spec.py): unpacks modes and scalars for the launcher, which
+    implements none of the optional features (loss._fused_supports sends those calls elsewhere)."""
+    if crow_indices is not None or col_indices is not None:
+        raise ValueError("dbl::fused_triton: CSR labels are not implemented; pass dense labels")
+    if row_stats is not None:
+        raise ValueError("dbl::fused_triton: row_stats are not implemented; pass row_stats=None")
+    if modes[MODE_CHECK_LABELS] or modes[MODE_ASYMMETRIC]:
+        raise ValueError("dbl::fused_triton: check_labels and the asymmetric form are not implemented "
+                         "(modes[5] and modes[6] must be 0)")
+    if modes[MODE_REDUCTION] not in (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN):
+        raise ValueError(f"dbl::fused_triton: reduction must be 0, 1 or 2 (3, a mean counted by the op, is "
+                         f"the CPU op's; 4, per_class, is not implemented), got {modes[MODE_REDUCTION]}")
+    s = [scalars[_SCALAR[name]] for name in ("map_alpha", "map_beta", "map_gamma", "cb_log_beta", "neg_scale",
+                                             "gamma", "scale", "w_max")]
+    return _fused(logits, labels, weight, class_params, aux, modes[MODE_REWEIGHT], modes[MODE_NORM],
+                  bool(modes[MODE_LOGIT_REG]), bool(modes[MODE_FOCAL]), modes[MODE_REDUCTION], *s, need_grad)
+
+
 if _wrap is not None:
-    fused = torch.library.triton_op("dbl::fused_triton", _fused, mutates_args=())
+    fused = torch.library.triton_op("dbl::fused_triton", _fused_v2, mutates_args=())
 else:
-    fused = torch.library.custom_op("dbl::fused_triton", _fused, mutates_args=())
-ops.register(fused, device_scale=scale_grad)
+    fused = torch.library.custom_op("dbl::fused_triton", _fused_v2, mutates_args=())
+ops.register(fused, device_scale=scale_grad, features=frozenset())
