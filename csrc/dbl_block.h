@@ -54,6 +54,10 @@ struct KArgs {
   Geometry g;
   int pass, reduction;
   bool need_grad;
+  // Read by the generic kernel only (kept last: the main paths' argument layout is unchanged).
+  bool asymmetric;
+  AslConsts<T> asl;
+  bool rows_given;  // row_stats point at the caller's statistics; by_batch reads aux[1]
 };
 
 template <class T>
@@ -287,9 +291,15 @@ struct Block {
             const T y = load_label<T>(a.y_dtype, yi + sl.rl * a.ldy * ysize(), c);
             const T f = (y != T(-1) ? T(1) : T(0)) * (HAS_W ? a.w[(row0 + sl.rl) * a.ws0 + c * a.ws1] : T(1));
             const T yp = y > T(0) ? y : T(0);
+            const T z = load_one<T>(zi + (sl.rl * a.ldz + c));
             T g = T(0);
-            lv[0] = element<T, Fn, P::WFORM, P::FOCAL, P::LABELS, P::NTR, P::GRAD>(
-                load_one<T>(zi + (sl.rl * a.ldz + c)), yp, yp != T(0), f, tw[c], bias[c], rc, a.kc, g);
+            if (a.asymmetric) {  // a uniform branch
+              const T pw = a.params[static_cast<int64_t>(P_POS_W) * C + c];
+              lv[0] = element_asl<T, Fn, P::WFORM, P::NTR, P::GRAD>(z, yp, f, tw[c], bias[c], pw, rc, a.kc, a.asl, g);
+            } else {
+              lv[0] = element<T, Fn, P::WFORM, P::FOCAL, P::LABELS, P::NTR, P::GRAD>(z, yp, yp != T(0), f, tw[c],
+                                                                                     bias[c], rc, a.kc, g);
+            }
             gv[0] = g;
           }
           T vsum = lv[0];
@@ -331,7 +341,9 @@ struct Block {
       // by_batch: 1 / the largest weight of the batch, left by the STATS pass (or known on the host)
       if (t == 0) {
         const bool rows = !stats_pass && batch_max_needs_rows(sp.reweight, sp.weight_norm);
-        sh.inv_batch = rows ? Fn::rcp(from_max_key(*a.bmax, T(0))) : a.inv_batch;
+        // (given row statistics come to the generic kernel only: V == 1 folds it away elsewhere)
+        const bool given = V == 1 && a.rows_given;
+        sh.inv_batch = rows ? (given ? a.aux[1] : Fn::rcp(from_max_key(*a.bmax, T(0)))) : a.inv_batch;
       }
     });
     ex.sync();  // sh.inv_batch is read by every thread's row step
@@ -497,7 +509,8 @@ KArgs<T> make_args(const FusedLaunch& a, const Plan& p, int pass) {
   k.ticket = reinterpret_cast<uint32_t*>(ws);
   k.bmax = reinterpret_cast<unsigned long long*>(ws + p.off_bmax);
   k.partial = reinterpret_cast<double*>(ws + p.off_partial);
-  k.row_stats = reinterpret_cast<T*>(ws + p.off_rows);
+  k.rows_given = a.row_stats != nullptr;
+  k.row_stats = k.rows_given ? static_cast<T*>(const_cast<void*>(a.row_stats)) : reinterpret_cast<T*>(ws + p.off_rows);
   k.N = a.N;
   k.C = a.C;
   k.spec = make_spec<T>(a.reweight, a.weight_norm, a.logit_reg, a.focal, a.map_alpha, a.map_beta, a.map_gamma,
@@ -508,6 +521,8 @@ KArgs<T> make_args(const FusedLaunch& a, const Plan& p, int pass) {
   k.pass = pass;
   k.reduction = a.reduction;
   k.need_grad = a.need_grad;
+  k.asymmetric = a.asymmetric;
+  k.asl = asl_consts<T>(a.gamma, a.gamma_neg, a.clip, a.smoothing, a.focus_grad);
   return k;
 }
 

@@ -57,6 +57,13 @@ __global__ void scale_grad_kernel(G* grad, int64_t n, const S* grad_output) {
     store_one(grad + i, load_one<C>(grad + i) * sc);
 }
 
+template <class T>
+__global__ void column_sum_kernel(const T* loss, int64_t N, int64_t C, T* out) {
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < C;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[j] = column_sum(loss, N, C, j);  // neighbouring threads read neighbouring columns: coalesced
+}
+
 // Enqueues the passes of one instantiation.
 struct Launcher {
   const FusedLaunch& a;
@@ -101,6 +108,19 @@ int fused(const FusedLaunch& a, void* stream) {
   }
   const Plan p = make_plan(a);
   dispatch(a, p, Launcher{a, p, s});
+  return static_cast<int>(cudaGetLastError());
+}
+
+int column_sums(const void* loss, int dtype, int64_t N, int64_t C, void* out, void* stream) {
+  if (C == 0) return 0;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int64_t blocks = (C + kThreads - 1) / kThreads < 65536 ? (C + kThreads - 1) / kThreads : 65536;
+  if (dtype == kF64)
+    column_sum_kernel<double><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(static_cast<const double*>(loss), N,
+                                                                                 C, static_cast<double*>(out));
+  else
+    column_sum_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(static_cast<const float*>(loss), N,
+                                                                                C, static_cast<float*>(out));
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -21,6 +21,10 @@ int fused_launches(const FusedLaunch& a);
 // Enqueues the fused kernel(s) on `stream` (a cudaStream_t). Returns a cudaError_t value.
 int fused(const FusedLaunch& a, void* stream);
 
+// per_class: out[j] = the sum of column j of the N x C loss (dbl_math.h column_sum: rows in order,
+// in fp64), one thread per column. dtype: kF32 or kF64 (the compute dtype).
+int column_sums(const void* loss, int dtype, int64_t N, int64_t C, void* out, void* stream);
+
 // grad *= grad_output[0] on the device, skipped by the kernel itself when grad_output[0] == 1.
 // grad: n contiguous elements of grad_dtype (kF16, kBF16, kF32, kF64); grad_output: kF32 or kF64.
 int scale_grad(void* grad, int grad_dtype, int64_t n, const void* grad_output, int go_dtype, void* stream);

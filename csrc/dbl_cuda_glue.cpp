@@ -50,7 +50,7 @@ at::Tensor workspace_for(const at::Tensor& like, size_t bytes, cudaStream_t stre
 }
 
 // The contract features the CUDA op implements (dbl_kernels/cpp_ops.py declares the CPU op's).
-constexpr int kCudaFeatures = 0;
+constexpr int kCudaFeatures = F_ASYMMETRIC | F_PER_CLASS | F_ROW_STATS;
 
 std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at::Tensor& labels,
                                               const std::optional<at::Tensor>& crow_indices,
@@ -64,11 +64,17 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
               "pass reduction 2 with aux[0] = 1 / count");
   Prepared p = prepare(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, s,
                        kCudaFeatures);
-  cuda::FusedLaunch a = launch_args(p, s, p.loss.data_ptr());
+  // per_class: the kernel writes the element losses ("none") into a buffer, then its column sums
+  const bool per_class = s.reduction == RED_PER_CLASS;
+  const at::Tensor elems = per_class ? at::empty({p.N, p.C}, p.loss.options()) : p.loss;
+  const at::Tensor rows = kernel_row_stats(p);
+  cuda::FusedLaunch a = launch_args(p, s, rows, elems.data_ptr());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const at::Tensor workspace = workspace_for(logits, cuda::fused_workspace_bytes(a), stream);
   a.workspace = workspace.data_ptr();
-  const int err = cuda::fused(a, stream);
+  int err = cuda::fused(a, stream);
+  if (err == 0 && per_class)
+    err = cuda::column_sums(elems.data_ptr(), launch_dtype(p.compute), p.N, p.C, p.loss.data_ptr(), stream);
   TORCH_CHECK(err == 0, "dbl::fused: CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
   return {p.loss, p.grad};
 }

@@ -6,6 +6,7 @@
 // result within tolerance. Not a fast path: an oracle for indexing, reductions, the final sum and
 // the device formulas.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <memory>
@@ -68,7 +69,7 @@ bool workspace_at_rest(const Plan& p) {
 }
 
 // The contract features of the CUDA op (dbl_cuda_glue.cpp), which the emulation mirrors.
-constexpr int kCudaFeatures = 0;
+constexpr int kCudaFeatures = F_ASYMMETRIC | F_PER_CLASS | F_ROW_STATS;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& crow_indices,
@@ -81,8 +82,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
   TORCH_CHECK(s.reduction != RED_MEAN_COUNTED, "dbl::_cuda_emulate: reduction 3 is CPU-only, as on the GPU");
   Prepared pr = prepare(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, s,
                         kCudaFeatures);
-  FusedLaunch a = launch_args(pr, s, pr.loss.data_ptr());
-  const int64_t reduction = a.reduction;
+  // per_class: the element losses ("none") into a buffer, then the column sums, as on the GPU
+  const bool per_class = s.reduction == RED_PER_CLASS;
+  const at::Tensor elems = per_class ? at::empty({pr.N, pr.C}, pr.loss.options()) : pr.loss;
+  const at::Tensor rows = kernel_row_stats(pr);
+  FusedLaunch a = launch_args(pr, s, rows, elems.data_ptr());
+  const int64_t reduction = s.reduction;
   const Plan p = make_plan(a);
   std::vector<char>& ws = workspace();
   if (ws.size() < p.ws_bytes + 16) ws.resize(p.ws_bytes + 16, 0);  // zeroed once, then reused
@@ -98,6 +103,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
     dispatch(a, p, Emulator<-1>{a, p});
   }
   TORCH_CHECK(workspace_at_rest(p), "dbl::_cuda_emulate: the launch did not reset its ticket and batch-max key");
+  if (per_class) {
+    AT_DISPATCH_FLOATING_TYPES(pr.loss.scalar_type(), "dbl_emulate_column_sums", [&] {
+      for (int64_t j = 0; j < pr.C; ++j) pr.loss.data_ptr<scalar_t>()[j] = column_sum(elems.data_ptr<scalar_t>(), pr.N, pr.C, j);
+    });
+  }
   const Geometry& g = p.main_geo;
   const at::Tensor info = at::tensor({static_cast<int64_t>(p.path), static_cast<int64_t>(p.V),
                                       static_cast<int64_t>(p.stats_pass), static_cast<int64_t>(g.stats), g.rows,

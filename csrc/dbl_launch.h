@@ -25,9 +25,16 @@ inline int launch_dtype(at::ScalarType t) {
   }
 }
 
-// `loss` is where the kernel writes: p.loss, or an N x C buffer for per_class (then the kernel
+// Given row statistics (contract: 2 x N, [0] the statistic A, [1] the count B) as the kernel reads
+// a statistics pass's: N x 2 (count, statistic). Undefined when none were given.
+inline at::Tensor kernel_row_stats(const Prepared& p) {
+  if (!p.row_stats.defined()) return at::Tensor();
+  return at::stack({p.row_stats[1], p.row_stats[0]}, 1).contiguous();
+}
+
+// `rows`: kernel_row_stats(p). `loss` is where the kernel writes: p.loss, or an N x C buffer for per_class (then the kernel
 // runs reduction "none" and the column sums follow).
-inline cuda::FusedLaunch launch_args(const Prepared& p, const OpScalars& s, void* loss) {
+inline cuda::FusedLaunch launch_args(const Prepared& p, const OpScalars& s, const at::Tensor& rows, void* loss) {
   cuda::FusedLaunch a{};
   a.logits = p.logits.data_ptr();
   a.z_dtype = launch_dtype(p.logits.scalar_type());
@@ -58,6 +65,12 @@ inline cuda::FusedLaunch launch_args(const Prepared& p, const OpScalars& s, void
   a.gamma = s.gamma;
   a.scale = s.scale;
   a.w_max = s.w_max;
+  a.asymmetric = s.asymmetric;
+  a.focus_grad = s.focus_grad;
+  a.gamma_neg = s.gamma_neg;
+  a.clip = s.clip;
+  a.smoothing = s.smoothing;
+  a.row_stats = rows.defined() ? rows.data_ptr() : nullptr;
   return a;
 }
 

@@ -33,6 +33,14 @@ enum Norm { NORM_NONE = 0, NORM_INSTANCE = 1, NORM_BATCH = 2 };
 // RED_MEAN_COUNTED (CPU op only): a mean over the labels != -1 that the op counts itself;
 // RED_PER_CLASS: the C-vector of column sums.
 enum Reduction { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2, RED_MEAN_COUNTED = 3, RED_PER_CLASS = 4 };
+// per_class: the sum of column j of an N x C row-major loss, rows in order, in fp64 (a fixed order,
+// the same on every thread count; what the CPU op and the CUDA column-sum kernel compute).
+template <class T>
+DBL_HD T column_sum(const T* loss, int64_t N, int64_t C, int64_t j) {
+  double s = 0.0;
+  for (int64_t i = 0; i < N; ++i) s += static_cast<double>(loss[i * C + j]);
+  return static_cast<T>(s);
+}
 // Rows of the class_params table (P_POS_W: ASL's weight of the positive log term).
 enum ParamRow { P_INV_FREQ = 0, P_CLASS_W = 1, P_FREQ = 2, P_BIAS = 3, P_POS_W = 4, kTableRows = 5 };
 
@@ -593,3 +601,5 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
 }
 
 }  // namespace dbl
+
+#include "dbl_asl.h"  // the asymmetric element form, built on the functions above

@@ -42,6 +42,12 @@ struct FusedLaunch {
   int reweight, weight_norm, reduction;
   bool logit_reg, focal, need_grad;
   double map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max;
+  // The asymmetric element form (generic kernel only): gamma is then the positives' exponent.
+  bool asymmetric, focus_grad;
+  double gamma_neg, clip, smoothing;
+  // Given row statistics, N x 2 (count, statistic) per row in the compute dtype, or null; with them
+  // the generic kernel skips its statistics and reads by_batch's 1 / batch max from aux[1].
+  const void* row_stats;
 };
 
 constexpr int kThreads = 256;          // threads per block
@@ -172,6 +178,7 @@ inline bool aligned_to(const void* p, int64_t bytes) {
 
 // The main path a launch qualifies for (PATH_GENERIC when none).
 inline int choose_path(const FusedLaunch& a) {
+  if (a.asymmetric || a.row_stats) return PATH_GENERIC;
   if (a.z_dtype != kBF16 && a.z_dtype != kF16 && a.z_dtype != kF32) return PATH_GENERIC;
   if (a.y_dtype != kU8) return PATH_GENERIC;
   const int64_t V = kVec;
@@ -205,8 +212,9 @@ inline Plan plan_for_path(const FusedLaunch& a, int path) {
   const bool f64 = a.z_dtype == kF64, fits = vpr <= max_slots(f64);
   const bool row_stats = row_stat_kind(a.reweight) != STAT_NONE;
   const bool by_batch = batch_max_needs_rows(a.reweight, a.weight_norm);
-  if (!row_stats) {
-    p.main_geo = fits ? rows_geometry(N, vpr, STATS_NONE, f64) : tile_geometry(N, vpr, STATS_NONE, f64);
+  if (!row_stats || a.row_stats) {  // none needed, or given (read as a STATS pass leaves them)
+    const int stats = row_stats ? STATS_PRE : STATS_NONE;
+    p.main_geo = fits ? rows_geometry(N, vpr, stats, f64) : tile_geometry(N, vpr, stats, f64);
   } else if (!by_batch && (fits || N >= kTileRows)) {
     p.main_geo = rows_geometry(N, vpr, STATS_BLOCK, f64);  // statistics inside each item
   } else {

@@ -157,9 +157,10 @@ class _FusedLoss(nn.Module):
         features = ops.features(backends.fused_op(backend)) if backend != "reference" else frozenset()
         if backend != "reference" and not _fused_supports(features, cfg, csr, self._reference_inputs()[2]):
             backend, features = "reference", frozenset()
-        # the CPU op checks dense label values in its own pass (no torch pass before the call)
-        in_kernel = ("check_labels" in features and not csr and _default_check(labels, self.validate_labels)
-                     and is_eager(logits))
+        # the CPU op checks dense label values in its own pass (no torch pass before the call); the
+        # C++ op's CUDA kernel does not (the feature is the CPU kernel's)
+        in_kernel = ("check_labels" in features and not csr and labels.device.type == "cpu"
+                     and _default_check(labels, self.validate_labels) and is_eager(logits))
         has_unknown = _check_inputs(logits, labels, weight, self.num_classes,
                                     False if in_kernel else self.validate_labels)
         if backend == "reference":

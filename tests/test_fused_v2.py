@@ -1,0 +1,194 @@
+"""Kernel contract v2 beyond the element forms: the CPU op's label check in its own pass
+(MODE_CHECK_LABELS) and given row statistics (row_stats: a column slice of a wider problem, the
+chunked classifier), on the CPU op and the CUDA kernel's emulation."""
+import itertools
+import re
+
+import pytest
+import torch
+
+import dbl_kernels as dk
+from dbl_kernels import backends, ops, reference
+from dbl_kernels._spec import MODE_CHECK_LABELS, REDUCTION_NONE, REDUCTION_SUM, make_aux
+
+from test_cpp_backend import REWEIGHTS, _inputs, _stats, cpp_ops, needs_ext
+
+pytestmark = needs_ext
+NORMS = (None, "by_instance", "by_batch")
+
+
+def _close(a, b, tol=1e-5):
+    a, b = a.double(), b.double()
+    assert float((a - b).norm()) <= tol * max(float(b.norm()), 1e-30), float((a - b).norm() / b.norm())
+
+
+# ------------------------------------------------------------------------------------------------
+# MODE_CHECK_LABELS
+# ------------------------------------------------------------------------------------------------
+BAD_LABELS = [
+    (torch.tensor([[0, 1, 2]], dtype=torch.int64), "integer labels must be 0, 1 or -1 (unknown); found values in [0, 2]"),
+    (torch.tensor([[0, -3, 1]], dtype=torch.int8), "integer labels must be 0, 1 or -1 (unknown); found values in [-3, 1]"),
+    (torch.tensor([[0, 7, 1]], dtype=torch.uint8), "integer labels must be 0, 1 or -1 (unknown); found values in [0, 7]"),
+    (torch.tensor([[0.0, 1.5, 1.0]]), "float labels must lie in [0, 1] or be -1 (unknown); found values in [0, 1.5]"),
+    (torch.tensor([[0.0, -2.0, 1.0]], dtype=torch.float64),
+     "float labels must lie in [0, 1] or be -1 (unknown); found values in [-2, 1]"),
+    (torch.tensor([[0.0, -0.5, 1.0]], dtype=torch.bfloat16),
+     "float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1"),
+    (torch.tensor([[0.0, float("nan"), 1.0]]),
+     "float labels must lie in [0, 1] or be -1 (unknown); found values in [nan, nan]"),
+    # in (-1, 0) only at double precision (the kernel computes in fp32): checked in the labels' dtype
+    (torch.tensor([[0.0, -0.99999999999, 1.0]], dtype=torch.float64),
+     "float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1"),
+]
+
+
+def _op_args(mod, z, y, check=True, reduction=None, row_stats=None, aux=None):
+    spec = mod.spec
+    if aux is None:
+        aux = make_aux(z, y, mod.config, spec, mod.class_freq, mod.stats.train_num)
+    params = mod._params(reference.compute_dtype(z))
+    args = list(ops.op_args(z, y, None, params, aux, spec, True, reduction, check_labels=check, row_stats=row_stats))
+    return args
+
+
+@pytest.mark.parametrize("labels,message", BAD_LABELS, ids=lambda v: str(getattr(v, "dtype", "")))
+def test_the_op_rejects_invalid_labels_in_its_pass(labels, message):
+    y = torch.zeros(4, 40, dtype=labels.dtype)
+    y[2, 17:20] = labels[0]  # one bad value among valid ones, away from the row's start
+    z = torch.randn(4, 40)
+    mod = dk.DistributionBalancedLoss(_stats(40), backend="cpu")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cpp_ops.fused(*_op_args(mod, z, y, reduction=REDUCTION_SUM))
+    # the loss module: the same message, from the op (the Python-side check is skipped)
+    with pytest.raises(ValueError, match="labels must"):
+        mod(z.requires_grad_(), y)
+    # without the mode the op does not look
+    cpp_ops.fused(*_op_args(mod, z.detach(), y, check=False, reduction=REDUCTION_SUM))
+
+
+def test_valid_labels_pass_and_wide_rows_are_checked_too():
+    mod = dk.DistributionBalancedLoss(_stats(40), backend="cpu")
+    for dtype in (torch.bool, torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16, torch.float32,
+                  torch.float64):
+        z, y = _inputs(6, 40, partial=dtype not in (torch.bool, torch.uint8))
+        y = y.to(dtype)
+        loss, _ = cpp_ops.fused(*_op_args(mod, z, y))
+        ref, _ = cpp_ops.fused(*_op_args(mod, z, y, check=False))
+        assert torch.equal(loss, ref)
+    # a row wider than the CPU kernel's column tile (32768) takes the tiled path
+    c = 40000
+    wide = dk.DistributionBalancedLoss(_stats(c), backend="cpu", reduction="sum")
+    y = torch.zeros(2, c)
+    y[1, c - 3] = 0.5
+    y[0, 5] = 1
+    z = torch.randn(2, c)
+    cpp_ops.fused(*_op_args(wide, z, y))
+    y[1, c - 2] = 3.0
+    with pytest.raises(ValueError, match="found values in"):
+        cpp_ops.fused(*_op_args(wide, z, y))
+
+
+def test_the_loss_skips_its_python_check_for_the_cpu_op(monkeypatch):
+    from dbl_kernels import loss as loss_module
+    z, y = _inputs(5, 20)
+    mod = dk.DistributionBalancedLoss(_stats(20), backend="cpu")
+    ref = dk.DistributionBalancedLoss(_stats(20), backend="reference")(z, y)
+    calls = []
+    monkeypatch.setattr(loss_module, "check_label_values", lambda *a, **k: calls.append(1) or False)
+    _close(mod(z, y), ref)
+    assert calls == []
+    assert "check_labels" in ops.features(cpp_ops.fused)
+    assert not hasattr(torch.ops.dbl, "_labels_between")  # superseded by the in-pass check
+
+
+def test_cuda_emulation_refuses_check_labels():
+    mod = dk.DistributionBalancedLoss(_stats(20))
+    z, y = _inputs(4, 20)
+    args = _op_args(mod, z, y)
+    assert args[ops.OP_ARG_NAMES.index("modes")][MODE_CHECK_LABELS] == 1
+    with pytest.raises(RuntimeError, match="check_labels"):
+        torch.ops.dbl._cuda_emulate(*args, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# row_stats
+# ------------------------------------------------------------------------------------------------
+def _sliced(op, mod, z, y, c0, c1, reduction, emulate=False):
+    """The op on columns [c0, c1) with the full problem's row statistics and batch max."""
+    cfg = mod.config
+    n = mod.class_freq
+    w = reference.reweight(y.float(), n, mod.stats.train_num, cfg)
+    stats = reference.row_statistics(y.float(), n, cfg)
+    row_stats = None if stats is None else torch.cat([stats[0].t(), stats[1].t()]).contiguous()
+    aux = torch.tensor([1.0, 1.0 / float(w.amax())])
+    params = mod._params(torch.float32)[:, c0:c1].contiguous()
+    args = ops.op_args(z[:, c0:c1], y[:, c0:c1], None, params, aux, mod.spec, True, reduction, row_stats=row_stats)
+    if emulate:
+        return torch.ops.dbl._cuda_emulate(*args, 1)[:2]
+    return op(*args)
+
+
+@pytest.mark.parametrize("reweight", REWEIGHTS, ids=lambda r: "-".join(str(v) for v in r.values()))
+def test_row_stats_slices_equal_the_dense_call(reweight):
+    c = 60
+    z, y = _inputs(10, c, soft=True)
+    for norm, ntr in itertools.product(NORMS, (dict(logit_reg=False), dict(logit_reg=True))):
+        mod = dk.DistributionBalancedLoss(_stats(c), backend="cpu", weight_norm=norm, **reweight, **ntr)
+        aux = make_aux(z, y, mod.config, mod.spec, mod.class_freq, mod.stats.train_num, reduction=REDUCTION_NONE)
+        aux = torch.tensor([1.0, float(aux[1])])
+        dense_loss, dense_grad = cpp_ops.fused(*ops.op_args(z, y, None, mod._params(torch.float32), aux, mod.spec,
+                                                            True, REDUCTION_NONE))
+        for emulate in (False, True):
+            parts = [_sliced(cpp_ops.fused, mod, z, y, c0, c1, REDUCTION_NONE, emulate) for c0, c1 in
+                     ((0, 17), (17, 41), (41, c))]
+            _close(torch.cat([p[0] for p in parts], 1), dense_loss)
+            _close(torch.cat([p[1] for p in parts], 1), dense_grad)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(weight_norm="by_batch"), dict(weight_norm="by_instance"),
+                                     dict(reweight="CB", cb_mode="min_n", weight_norm="by_batch"),
+                                     dict(reweight="CB", cb_mode="average_n", weight_norm="by_instance"),
+                                     dict(reweight="sqrt_inv", weight_norm="by_batch"),
+                                     dict(reweight=None, logit_reg=False, weight_norm="by_batch"),
+                                     dict(gamma_neg=3.0, clip=0.05, reduction="sum"),
+                                     dict(reduction="batchmean"), dict(reduction="per_class")])
+def test_chunked_classifier_equals_dense_on_cpu(options, monkeypatch):
+    from dbl_kernels import linear
+    n, h, c = 9, 8, 70
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=g)
+    weight = torch.randn(c, h, generator=g)
+    bias = torch.randn(c, generator=g)
+    _, y = _inputs(n, c, soft=True)
+    stats = _stats(c)
+    dense = dk.DistributionBalancedLoss(stats, backend="reference", **options)
+    calls = []
+    real = linear._chunk_loss
+    monkeypatch.setattr(linear, "_chunk_loss", lambda *a: calls.append(1) or real(*a))
+
+    def run(fn):
+        hs, ws, bs = (t.clone().requires_grad_() for t in (hidden, weight, bias))
+        loss = fn(hs, ws, bs)
+        if loss.dim() == 0:
+            loss.backward()
+        return [loss.detach()] + ([hs.grad, ws.grad, bs.grad] if loss.dim() == 0 else [])
+
+    ref = run(lambda hs, ws, bs: dense(hs @ ws.t() + bs, y))
+    ours = run(lambda hs, ws, bs: dk.linear_distribution_balanced_loss(hs, ws, y, stats, bs, chunk_size=16,
+                                                                       backend="cpu", **options))
+    assert calls == []  # every chunk ran the fused op
+    for a, b in zip(ours, ref):
+        _close(a, b)
+
+
+def test_chunked_classifier_falls_back_without_the_feature(monkeypatch):
+    from dbl_kernels import linear
+    monkeypatch.setitem(ops._FEATURES, cpp_ops.fused, frozenset({"asymmetric", "per_class"}))
+    calls = []
+    real = linear._chunk_loss
+    monkeypatch.setattr(linear, "_chunk_loss", lambda *a: calls.append(1) or real(*a))
+    hidden, weight = torch.randn(4, 3), torch.randn(20, 3)
+    _, y = _inputs(4, 20)
+    dk.linear_distribution_balanced_loss(hidden, weight, y, _stats(20), chunk_size=8, backend="cpu")
+    assert len(calls) == 3
+    assert backends.resolve("cpu", "cpu") == "cpu"
