@@ -2,19 +2,34 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+import os
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from . import _sparse, backends, ops, reference
 from ._labels import check_label_values
-from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
+from ._spec import (REDUCTION_MEAN_COUNTED, REDUCTIONS, aux_is_constant, class_params, counted_mean, kernel_spec,
+                    make_aux)
 from ._tracing import is_eager, transformed
 from .reference import LossConfig
 from .stats import PRESETS, ClassStats
 
 StatsLike = Union[ClassStats, str]
+
+class _Plan(NamedTuple):
+    """What a fused call decided, for the next call with the same input signature: the module
+    state it was decided under, and the op's arguments that do not depend on the values."""
+    state: tuple  # (backend, config, validate_labels, DBL_BACKEND), compared by identity/equality
+    table: torch.Tensor  # the class-table buffer and its version when the plan was made
+    version: int
+    op: object
+    params: torch.Tensor
+    aux: torch.Tensor
+    scalars: tuple
+
 
 _LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
@@ -120,6 +135,7 @@ class _FusedLoss(nn.Module):
         self.validate_labels = validate_labels
         self._cast_cache = {}
         self._ops = {}
+        self._plans = {}  # input signature -> _Plan: the common call skips the decisions (host time)
 
     num_classes: Optional[int] = None  # None: any
 
@@ -145,6 +161,10 @@ class _FusedLoss(nn.Module):
         """The loss of N x C ``logits`` against ``labels`` (dense N x C, or a CSR tensor of 1 / -1
         entries); ``weight`` broadcasts to N x C and multiplies the element losses; ``avg_factor``
         replaces the mean's count; ``reduction`` overrides the module's for this call."""
+        if self._plans and weight is None and avg_factor is None and reduction is None:
+            loss = self._planned(logits, labels)
+            if loss is not None:
+                return loss
         cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -167,6 +187,35 @@ class _FusedLoss(nn.Module):
             return self._reference_loss(logits, labels, cfg, weight, avg_factor)
         return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown, in_kernel)
 
+    def _signature(self, logits, labels):
+        need_grad = logits.requires_grad and torch.is_grad_enabled()
+        return (logits.dtype, labels.dtype, logits.shape, labels.shape, logits.device, labels.device, need_grad)
+
+    def _state(self):
+        return (self.backend, self.config, self.validate_labels, os.environ.get("DBL_BACKEND"))
+
+    def _planned(self, logits, labels):
+        """The loss by a recorded plan when one fits this call (same input signature and module
+        state, plain eager dense tensors), else None (the full path decides)."""
+        if (type(labels) is not torch.Tensor or labels.layout != torch.strided or labels.requires_grad
+                or not is_eager(logits) or forward_ad._current_level >= 0):
+            return None
+        plan = self._plans.get(self._signature(logits, labels))
+        if (plan is None or plan.table._version != plan.version
+                or plan.table is not self._class_table(logits.shape[1])[0]
+                or any(a is not b and a != b for a, b in zip(plan.state, self._state()))):
+            return None
+        tensors = (logits, labels, None, None, None, plan.params, plan.aux, None)
+        reference_loss = (self._reference_loss, (labels, self.config, None, None)) if plan.scalars[-1] else None
+        return ops.call(plan.op, tensors, plan.scalars, reference_loss, True)
+
+    def _record(self, logits, labels, op, params, aux, scalars):
+        if len(self._plans) >= 8:
+            self._plans.clear()
+        table = self._class_table(logits.shape[1])[0]
+        self._plans[self._signature(logits, labels)] = _Plan(self._state(), table, table._version, op, params, aux,
+                                                            scalars)
+
     def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown, check_labels):
         csr = None
         if _sparse.is_csr(labels):
@@ -187,6 +236,12 @@ class _FusedLoss(nn.Module):
         op, scalars = self._op(backend, spec, reduction, need_grad, check_labels)
         crow, col = csr if csr is not None else (None, None)
         tensors = (logits, labels, crow, col, kernel_weight, params, aux, None)
+        # Calls whose arguments depend only on the input signature (no weight or avg_factor, dense
+        # labels, a constant aux, labels checked in the op or not at all) are remembered.
+        if (eager and weight is None and avg_factor is None and csr is None and cfg is self.config
+                and aux_is_constant(cfg, spec, labels, reduction) and (check_labels or not _default_check(
+                    labels, self.validate_labels))):
+            self._record(logits, labels, op, params, aux, scalars)
         # for a differentiable backward (create_graph=True): the reference, called only then
         reference_loss = None
         if need_grad and eager:
