@@ -1,5 +1,5 @@
 """Benchmark suite: pytest-benchmark timings of each backend, and smoke tests of the benchmark
-harness and its scripts (run.py, host_time.py, gpu_checks.py, readme_tables.py).
+harness and its scripts (run.py, host_time.py, largec.py, gpu_checks.py, readme_tables.py).
 
     pytest benchmarks --benchmark-disable            # smoke only (what CI runs): each timing once
     pytest benchmarks/test_bench.py --benchmark-only --benchmark-autosave   # regression timings
@@ -24,6 +24,7 @@ if str(HERE) not in sys.path:
 import bench_data  # noqa: E402
 import gpu_checks  # noqa: E402
 import host_time  # noqa: E402
+import largec  # noqa: E402
 import readme_tables  # noqa: E402
 import run as bench  # noqa: E402
 from harness import cases, envinfo, measure, report, timing  # noqa: E402
@@ -559,3 +560,39 @@ def test_committed_results_render(path):
     assert report.losses_in(records) == ["db-focal"] and "## db-focal" not in summary  # from before the loss axis
     if not report.has_field(records, "host_us"):  # measured before the time split: rendered as then
         assert report.TIMES_OLD in summary and "host µs" not in summary and "## Time split" not in summary
+
+
+def test_largec_script(tmp_path):
+    """Both paths run in their own processes on the same inputs and give the same loss and gradients;
+    every output is written and the summary has the row."""
+    out = tmp_path / "lc"
+    rc = largec.main(["--n", "16", "--hidden", "8", "--classes", "300", "--chunk-size", "128", "--repeats", "1",
+                      "--backend", "cpu" if "cpu" in __import__("dbl_kernels").available_backends() else "reference",
+                      "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    by = largec.pairs(data["records"])[300]
+    assert set(by) == {"dense", "fused"}
+    dense, fused = by["dense"], by["fused"]
+    assert dense["grad_bytes"] == fused["grad_bytes"] == 4 * (16 * 8 + 300 * 8 + 300)
+    assert math.isfinite(dense["loss"]) and dense["loss"] > 0
+    assert fused["loss"] == pytest.approx(dense["loss"], rel=1e-5)
+    for a, b in zip(dense["grad_sums"], fused["grad_sums"]):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    assert all(r["time_s"] > 0 and isinstance(r["peak_extra_bytes"], int) for r in (dense, fused))
+    assert "| 300 |" in (out / "summary.md").read_text()
+
+
+def test_largec_inputs_are_long_tailed_csr():
+    hidden, weight, bias, labels, counts = largec.make_inputs(torch, 64, 4, 1000, torch.float32,
+                                                              torch.device("cpu"), 1)
+    assert labels.layout == torch.sparse_csr and tuple(labels.shape) == (64, 1000)
+    per_row = labels.crow_indices().diff()
+    assert int(per_row.min()) >= 1 and int(per_row.max()) <= 8
+    cols = labels.col_indices()
+    for r in range(64):  # sorted, unique columns per row: valid CSR labels
+        row = cols[labels.crow_indices()[r]:labels.crow_indices()[r + 1]]
+        assert bool((row[1:] > row[:-1]).all())
+    assert set(labels.values().tolist()) <= {1.0, -1.0}
+    assert counts[:10].mean() > counts[-500:].mean()  # the head is frequent
+    assert hidden.requires_grad and weight.requires_grad and bias.requires_grad

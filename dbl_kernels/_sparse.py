@@ -57,7 +57,8 @@ def column_slice(labels: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
     keep = (col >= c0) & (col < c1)
     counts = torch.bincount(rows[keep], minlength=n_rows)
     new_crow = torch.cat([crow.new_zeros(1), counts.cumsum(0).to(crow.dtype)])
-    return torch.sparse_csr_tensor(new_crow, col[keep] - c0, values[keep], size=(n_rows, c1 - c0))
+    return torch.sparse_csr_tensor(new_crow, col[keep] - c0, values[keep], size=(n_rows, c1 - c0),
+                                   check_invariants=False)  # built from checked labels: valid by construction
 
 
 def row_sums(labels: torch.Tensor, per_value: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
@@ -84,4 +85,5 @@ def select_rows(labels: torch.Tensor, rows) -> torch.Tensor:
     # the position of every kept entry: its row's start plus its offset within the row
     offsets = torch.arange(int(new_crow[-1]), device=crow.device) - torch.repeat_interleave(new_crow[:-1], counts)
     index = torch.repeat_interleave(starts, counts) + offsets
-    return torch.sparse_csr_tensor(new_crow, col[index], values[index], size=(rows.numel(), labels.shape[1]))
+    return torch.sparse_csr_tensor(new_crow, col[index], values[index], size=(rows.numel(), labels.shape[1]),
+                                   check_invariants=False)
