@@ -48,6 +48,11 @@ struct Problem {
   // problem) and the batch-max reciprocal aux[1]; null: the kernel's own statistics pass.
   const T* row_stats;
   T given_inv_batch;
+  // CSR labels (y then unused): each row's stored columns col[crow[i]..crow[i+1]) (ascending) and
+  // their values (each 1 or -1) in T; every other entry is a negative. Null: dense labels.
+  const int64_t* crow;
+  const int64_t* col;
+  const T* vals;
   int reduction;  // RED_NONE, or a sum (per_class runs as RED_NONE into a buffer, then column sums)
   bool need_grad;
   T* loss;     // N x C for reduction "none"
@@ -85,7 +90,7 @@ class Runner {
     tw_ = p.params + weight_param(s.reweight) * p.C;
     bias_ = p.params + P_BIAS * p.C;
     pos_w_ = p.params + P_POS_W * p.C;
-    check_ = p.check_labels ? loops_.invalid : nullptr;
+    check_ = p.check_labels && !p.crow ? loops_.invalid : nullptr;  // CSR values: checked up front
     soft_possible_ = (s.focal != FOCAL_OFF || s.ntr) && at::isFloatingType(p.yt);
     // by_batch over a constant or class-vector weight: the batch max is known without the rows;
     // with given row statistics it is the caller's (aux[1], over the whole problem)
@@ -112,7 +117,7 @@ class Runner {
       partial.assign(units, 0.0);
       const int64_t grain = std::max<int64_t>(1, kSerialElems / (per_unit * C));
       at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
-        Scratch<T> sc(loops_.y_in ? C : 0);
+        Scratch<T> sc(loops_.y_in || p_.crow ? C : 0);
         for (int64_t u = u0; u < u1; ++u) {
           double total = 0;
           for (int64_t i = u * per_unit; i < std::min(N, (u + 1) * per_unit); ++i) {
@@ -142,8 +147,16 @@ class Runner {
   const char* zrow(int64_t i) const { return p_.z + i * p_.ldz * static_cast<int64_t>(p_.zsize); }
   const char* yrow(int64_t i) const { return p_.y + i * p_.ldy * static_cast<int64_t>(p_.ysize); }
 
-  // Labels of row i, columns [c0, c0 + k), as T: the row itself when it already is T, else dst.
+  // Labels of row i, columns [c0, c0 + k), as T: the row itself when it already is T, else dst
+  // (CSR: zeros and the row's stored entries in the range, a row scratch, never an N x C tensor).
   const T* labels(int64_t i, int64_t c0, int64_t k, T* dst) const {
+    if (p_.crow) {
+      std::fill(dst, dst + k, T(0));
+      const int64_t* end = p_.col + p_.crow[i + 1];
+      for (const int64_t* e = std::lower_bound(p_.col + p_.crow[i], end, c0); e < end && *e < c0 + k; ++e)
+        if (*e >= c0) dst[*e - c0] = p_.vals[e - p_.col];  // (a test only unsorted columns need: no stray write)
+      return dst;
+    }
     const char* src = yrow(i) + c0 * static_cast<int64_t>(p_.ysize);
     if (!loops_.y_in) return reinterpret_cast<const T*>(src);
     loops_.y_in(k, src, dst);
@@ -286,6 +299,17 @@ int64_t count_known(const Prepared& pr) {
   TORCH_CHECK_VALUE(false, "float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1");
 }
 
+// MODE_CHECK_LABELS on CSR labels: every stored value is 1 or -1 (the message of _sparse.check_csr).
+void check_csr_values(const at::Tensor& vals) {
+  const at::Tensor bad = (vals != 1) & (vals != -1);
+  if (!bad.any().item<bool>()) return;
+  char found[64];
+  const double v = vals.masked_select(bad)[0].item<double>();
+  std::snprintf(found, sizeof found, "%g", std::isnan(v) ? NAN : v);
+  TORCH_CHECK_VALUE(false, "sparse labels must store 1 (positive) or -1 (unknown), found ", found,
+                    "; entries not stored are the negatives");
+}
+
 // per_class: out[j] = column_sum(loss, j) (dbl_math.h: rows in order, in fp64), computed a block of
 // columns at a time along the rows (the loss is row-major); a column's order never depends on the
 // threads.
@@ -309,15 +333,21 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
   // aux[1] (the batch max of by_batch) is read only with row_stats: else the kernel finds it itself.
   T aux[1] = {pr.aux.data_ptr<T>()[0]};
   // At least 1: a batch whose labels are all unknown gives loss 0 and gradient 0 (as the reference).
-  if (s.reduction == RED_MEAN_COUNTED) aux[0] = T(1) / static_cast<T>(std::max<int64_t>(count_known(pr), 1));
+  const bool csr = pr.crow.defined();
+  const at::Tensor vals = csr ? pr.labels.to(pr.compute).contiguous() : at::Tensor();  // nnz values, as T
+  if (csr && s.check_labels) check_csr_values(vals);
+  if (s.reduction == RED_MEAN_COUNTED) {
+    const int64_t known = csr ? pr.N * pr.C - (vals == -1).sum().item<int64_t>() : count_known(pr);
+    aux[0] = T(1) / static_cast<T>(std::max<int64_t>(known, 1));
+  }
   Problem<T> p;
   p.z = static_cast<const char*>(pr.logits.data_ptr());
   p.zt = pr.logits.scalar_type();
   p.ldz = pr.logits.stride(0);
   p.zsize = pr.logits.element_size();
   p.y = static_cast<const char*>(pr.labels.data_ptr());
-  p.yt = pr.labels.scalar_type();
-  p.ldy = pr.labels.stride(0);
+  p.yt = csr ? pr.compute : pr.labels.scalar_type();  // CSR: rows of T built from the values
+  p.ldy = csr ? 0 : pr.labels.stride(0);
   p.ysize = pr.labels.element_size();
   p.w = pr.weight.defined() ? pr.weight.data_ptr<T>() : nullptr;
   p.ws0 = pr.weight.defined() ? pr.weight.stride(0) : 0;
@@ -338,6 +368,9 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
   p.check_labels = s.check_labels;
   p.row_stats = pr.row_stats.defined() ? pr.row_stats.data_ptr<T>() : nullptr;
   p.given_inv_batch = pr.aux.data_ptr<T>()[1];
+  p.crow = csr ? pr.crow.data_ptr<int64_t>() : nullptr;
+  p.col = csr ? pr.col.data_ptr<int64_t>() : nullptr;
+  p.vals = csr ? vals.data_ptr<T>() : nullptr;
   const int isa = std::is_same<T, float>::value ? g_isa.load() : ISA_BASELINE;
   Runner<T> runner(p, aux[0], isa);
   const double total = runner.run();
@@ -347,7 +380,7 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
 }
 
 // The contract features the CPU op implements (dbl_kernels/cpp_ops.py declares the same).
-constexpr int kCpuFeatures = F_ASYMMETRIC | F_PER_CLASS | F_CHECK_LABELS | F_ROW_STATS;
+constexpr int kCpuFeatures = F_ASYMMETRIC | F_PER_CLASS | F_CHECK_LABELS | F_ROW_STATS | F_CSR;
 
 std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at::Tensor& labels,
                                              const std::optional<at::Tensor>& crow_indices,

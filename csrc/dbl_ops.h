@@ -67,6 +67,7 @@ enum Feature { F_ASYMMETRIC = 1, F_PER_CLASS = 2, F_CSR = 4, F_ROW_STATS = 8, F_
 // fresh outputs (loss: N x C, a C-vector for per_class, or a scalar).
 struct Prepared {
   at::Tensor logits, labels, weight, params, aux, row_stats, loss, grad;
+  at::Tensor crow, col;  // CSR labels (labels: the stored values), or undefined
   at::ScalarType compute;
   int64_t N, C;
 };
@@ -141,6 +142,29 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
   p.compute = zt == at::kDouble ? at::kDouble : at::kFloat;
   p.logits = unit_column_stride(logits);
   p.labels = csr ? labels : unit_column_stride(labels);
+  if (csr) {
+    TORCH_CHECK_VALUE(crow.has_value() && col.has_value(), "dbl::fused: CSR labels need both crow_indices and "
+                      "col_indices");
+    const int64_t nnz = labels.numel();
+    TORCH_CHECK_VALUE(labels.dim() == 1 && crow->dim() == 1 && crow->numel() == p.N + 1 && col->dim() == 1 &&
+                          col->numel() == nnz,
+                      "dbl::fused: CSR labels must be the nnz stored values (1-D), crow_indices (N + 1 = ", p.N + 1,
+                      ") and col_indices (nnz = ", nnz, "), got ", labels.sizes(), ", ", crow->sizes(), ", ",
+                      col->sizes());
+    TORCH_CHECK_TYPE(crow->scalar_type() == at::kLong && col->scalar_type() == at::kLong,
+                     "dbl::fused: crow_indices and col_indices must be int64");
+    TORCH_CHECK(crow->device() == logits.device() && col->device() == logits.device(),
+                "dbl::fused: crow_indices and col_indices must be on the logits' device");
+    p.crow = crow->contiguous();
+    p.col = col->contiguous();
+    if (p.crow.device().is_cpu()) {  // the kernel trusts them: no read outside the row's entries
+      const int64_t* r = p.crow.data_ptr<int64_t>();
+      bool ok = r[0] == 0 && r[p.N] == nnz;
+      for (int64_t i = 0; ok && i < p.N; ++i) ok = r[i] <= r[i + 1];
+      TORCH_CHECK_VALUE(ok, "dbl::fused: malformed crow_indices (they must start at 0, never decrease and end at "
+                        "the number of stored values)");
+    }
+  }
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK(weight->device() == logits.device(), "dbl::fused: weight must be on the logits' device");
     TORCH_CHECK(weight->dim() <= 2, "dbl::fused: weight must broadcast to N x C, got ", weight->sizes());

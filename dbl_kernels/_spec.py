@@ -166,22 +166,24 @@ def known_count(labels):
     return (labels != -1).sum().clamp(min=1)
 
 
-def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
+def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown, shape=None):
     """The reduction scale when the host knows it (sum/none, or a mean over all N*C entries), else
-    None: the mean then divides by avg_factor or by a count of known labels made on the device."""
+    None: the mean then divides by avg_factor or by a count of known labels made on the device.
+    ``shape``: the problem's N x C (default: the labels', which CSR values are not)."""
+    n_rows, n_cols = labels.shape if shape is None else shape
     if cfg.reduction == "batchmean":
-        return 1.0 / max(labels.shape[0], 1)
+        return 1.0 / max(n_rows, 1)
     if cfg.reduction != "mean":
         return 1.0
     if avg_factor is not None or (may_hold_unknown(labels) and has_unknown is not False):
         return None
-    return 1.0 / max(labels.numel(), 1)  # no entry at all: a sum of nothing, 0
+    return 1.0 / max(n_rows * n_cols, 1)  # no entry at all: a sum of nothing, 0
 
 
-def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown):
+def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown, shape=None):
     """Whether the mean needs a count of the known labels (then the CPU op can make it itself, as
     reduction REDUCTION_MEAN_COUNTED)."""
-    return avg_factor is None and _host_scale(labels, cfg, avg_factor, has_unknown) is None
+    return avg_factor is None and _host_scale(labels, cfg, avg_factor, has_unknown, shape) is None
 
 
 def counted_spec(spec: KernelSpec) -> KernelSpec:
@@ -190,8 +192,10 @@ def counted_spec(spec: KernelSpec) -> KernelSpec:
 
 
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None, reduction=None, eager=None):
+             has_unknown=None, reduction=None, eager=None, batch_max=True):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
+    ``batch_max=False``: aux[1] is left 1 (kernels that find the batch max themselves; the only way
+    for CSR ``labels``, their stored values, which cannot give it).
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
     labels known to hold no -1 skip the counting pass of the mean. ``reduction`` is the op's code
@@ -199,8 +203,9 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     """
     dtype, device = compute_dtype(logits), logits.device
     reduction = spec.reduction if reduction is None else reduction
-    host_scale = 1.0 if reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
-    by_batch = spec.weight_norm == NORM_BATCH
+    host_scale = (1.0 if reduction == REDUCTION_MEAN_COUNTED
+                  else _host_scale(labels, cfg, avg_factor, has_unknown, logits.shape))
+    by_batch = batch_max and spec.weight_norm == NORM_BATCH
     if host_scale is not None and not by_batch and (is_eager(logits) if eager is None else eager):
         return _constant_aux(host_scale, dtype, device)
     if host_scale is not None:

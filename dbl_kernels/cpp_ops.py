@@ -30,7 +30,7 @@ def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
 
 fused = torch.ops.dbl.fused.default
 # The optional parts of the contract the C++ kernels implement (csrc: kCpuFeatures, kCudaFeatures);
-# calls needing any other run the reference (loss._fused_supports). check_labels is the CPU
-# kernel's alone: loss.py asks for it on CPU tensors only.
-FEATURES = frozenset({"asymmetric", "per_class", "row_stats", "check_labels"})
+# calls needing any other run the reference (loss._fused_supports).
+FEATURES = {"cpu": frozenset({"asymmetric", "per_class", "row_stats", "check_labels", "csr"}),
+            "cuda": frozenset({"asymmetric", "per_class", "row_stats"})}
 ops.register(fused, device_scale=scale_grad if _HAS_CUDA else None, features=FEATURES)

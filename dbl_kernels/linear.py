@@ -111,7 +111,7 @@ def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype):
     op = backends.fused_op(name)
     need = {"row_stats"} | ({"asymmetric"} if cfg.asymmetric else set())
     need |= {"per_class"} if cfg.reduction == "per_class" else set()
-    if not need <= ops.features(op):
+    if not need <= ops.features(op, device.type):
         return None
     return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device)
 

@@ -174,13 +174,13 @@ class _FusedLoss(nn.Module):
         if backend != "reference" and transformed(logits, weight):
             backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
         csr = _sparse.is_csr(labels)
-        features = ops.features(backends.fused_op(backend)) if backend != "reference" else frozenset()
+        features = (ops.features(backends.fused_op(backend), logits.device.type) if backend != "reference"
+                    else frozenset())
         if backend != "reference" and not _fused_supports(features, cfg, csr, self._reference_inputs()[2]):
             backend, features = "reference", frozenset()
-        # the CPU op checks dense label values in its own pass (no torch pass before the call); the
-        # C++ op's CUDA kernel does not (the feature is the CPU kernel's)
-        in_kernel = ("check_labels" in features and not csr and labels.device.type == "cpu"
-                     and _default_check(labels, self.validate_labels) and is_eager(logits))
+        # the CPU op checks dense label values in its own pass (no torch pass before the call)
+        in_kernel = ("check_labels" in features and not csr and _default_check(labels, self.validate_labels)
+                     and is_eager(logits))
         has_unknown = _check_inputs(logits, labels, weight, self.num_classes,
                                     False if in_kernel else self.validate_labels)
         if backend == "reference":
@@ -223,13 +223,16 @@ class _FusedLoss(nn.Module):
                 avg_factor = _sparse.known_count(labels)  # N * C - the stored -1s, on the device
             csr, labels = (labels.crow_indices(), labels.col_indices()), labels.values()
         reduction = REDUCTIONS[cfg.reduction]
-        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
+        csr_mean = csr is not None and cfg.reduction == "mean" and avg_factor is None
+        if backend == "cpu" and (csr_mean or counted_mean(labels, cfg, avg_factor, has_unknown, logits.shape)):
             reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
         eager = is_eager(logits)
         num_classes = logits.shape[1]
         _, spec = self._class_table(num_classes)
         class_freq, train_num, _ = self._reference_inputs()
-        aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager)
+        # only the Triton kernel reads aux[1] without row_stats (the C++ ones find the batch max themselves)
+        aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager,
+                       batch_max=backend == "triton")
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
         params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)

@@ -140,16 +140,20 @@ def call(op, tensors, scalars, reference_loss=None, eager=None):
     return op(*tensors, *scalars)[0]
 
 
-# The device-side gradient scale of each registered op, and the contract features it implements,
-# handed down by its backend (register).
+# The device-side gradient scale of each registered op, and the contract features it implements
+# per device type (None: every device), handed down by its backend (register).
 _DEVICE_SCALE = {}
 _FEATURES = {}
 ALL_FEATURES = frozenset({"asymmetric", "per_class", "csr", "row_stats", "check_labels"})
 
 
-def features(op) -> frozenset:
-    """The optional parts of the kernel contract ``op`` implements (ALL_FEATURES names them)."""
-    return _FEATURES.get(op, frozenset())
+def features(op, device_type=None) -> frozenset:
+    """The optional parts of the kernel contract ``op`` implements on ``device_type`` tensors
+    (None: on every device); ALL_FEATURES names them."""
+    table = _FEATURES.get(op, {})
+    if device_type is None:
+        return frozenset.intersection(*table.values()) if table else frozenset()
+    return table.get(device_type, table.get(None, frozenset()))
 
 
 def _setup_context(ctx, inputs, output):
@@ -181,12 +185,14 @@ def register(op, device_scale=None, features=ALL_FEATURES):
     ``device_scale(grad, grad_output)``: the backend's own in-place scale of a CUDA gradient by a
     one-element ``grad_output``, read on the device (a no-op when it is 1.0); None: torch's mul_.
     ``features``: the optional parts of the contract the op implements (calls needing others run
-    the reference).
+    the reference): a set for every device, or ``{device_type: set}`` where the devices' kernels differ.
     """
-    unknown = set(features) - ALL_FEATURES
-    if unknown:
-        raise ValueError(f"unknown contract features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
+    table = dict(features) if isinstance(features, dict) else {None: features}
+    for names in table.values():
+        unknown = set(names) - ALL_FEATURES
+        if unknown:
+            raise ValueError(f"unknown contract features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
     _DEVICE_SCALE[op] = device_scale
-    _FEATURES[op] = frozenset(features)
+    _FEATURES[op] = {device: frozenset(names) for device, names in table.items()}
     torch.library.register_fake(op)(fake_fused)
     torch.library.register_autograd(op, _backward, setup_context=_setup_context)

@@ -1,6 +1,6 @@
 """Kernel contract v2 beyond the element forms: the CPU op's label check in its own pass
-(MODE_CHECK_LABELS) and given row statistics (row_stats: a column slice of a wider problem, the
-chunked classifier), on the CPU op and the CUDA kernel's emulation."""
+(MODE_CHECK_LABELS), given row statistics (row_stats: a column slice of a wider problem, the
+chunked classifier) on the CPU op and the CUDA kernel's emulation, and CSR labels in the CPU op."""
 import itertools
 import re
 
@@ -97,7 +97,8 @@ def test_the_loss_skips_its_python_check_for_the_cpu_op(monkeypatch):
     monkeypatch.setattr(loss_module, "check_label_values", lambda *a, **k: calls.append(1) or False)
     _close(mod(z, y), ref)
     assert calls == []
-    assert "check_labels" in ops.features(cpp_ops.fused)
+    assert "check_labels" in ops.features(cpp_ops.fused, "cpu")
+    assert "check_labels" not in ops.features(cpp_ops.fused, "cuda")
     assert not hasattr(torch.ops.dbl, "_labels_between")  # superseded by the in-pass check
 
 
@@ -183,7 +184,7 @@ def test_chunked_classifier_equals_dense_on_cpu(options, monkeypatch):
 
 def test_chunked_classifier_falls_back_without_the_feature(monkeypatch):
     from dbl_kernels import linear
-    monkeypatch.setitem(ops._FEATURES, cpp_ops.fused, frozenset({"asymmetric", "per_class"}))
+    monkeypatch.setitem(ops._FEATURES, cpp_ops.fused, {None: frozenset({"asymmetric", "per_class"})})
     calls = []
     real = linear._chunk_loss
     monkeypatch.setattr(linear, "_chunk_loss", lambda *a: calls.append(1) or real(*a))
@@ -192,3 +193,79 @@ def test_chunked_classifier_falls_back_without_the_feature(monkeypatch):
     dk.linear_distribution_balanced_loss(hidden, weight, y, _stats(20), chunk_size=8, backend="cpu")
     assert len(calls) == 3
     assert backends.resolve("cpu", "cpu") == "cpu"
+
+
+# ------------------------------------------------------------------------------------------------
+# CSR labels in the CPU kernel
+# ------------------------------------------------------------------------------------------------
+def _csr_labels(n, c, seed=0, density=0.1):
+    """CSR labels of 1 / -1 (a few unknowns) and the same labels dense; row 1 stores nothing."""
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.zeros(n, c)
+    dense[torch.rand(n, c, generator=g) < density] = 1.0
+    dense[torch.rand(n, c, generator=g) < density / 4] = -1.0
+    dense[1] = 0
+    return dense.to_sparse_csr(), dense
+
+
+@pytest.mark.parametrize("reweight", REWEIGHTS, ids=lambda r: "-".join(str(v) for v in r.values()))
+def test_csr_labels_equal_dense_on_the_cpu_op(reweight, monkeypatch):
+    from dbl_kernels import _sparse
+    c = 50
+    sparse, dense = _csr_labels(11, c)
+    z = torch.randn(11, c, generator=torch.Generator().manual_seed(5)) * 3
+    monkeypatch.setattr(_sparse, "to_dense", lambda *a, **k: pytest.fail("the fused call densified the labels"))
+    for norm, reduction, extra in itertools.product(NORMS, ("mean", "sum", "none", "per_class"),
+                                                     (dict(), dict(gamma_neg=3.0, clip=0.05))):
+        cfg = dict(reweight, weight_norm=norm, reduction=reduction, **extra)
+        mod = dk.DistributionBalancedLoss(_stats(c), backend="cpu", **cfg)
+        ref = dk.DistributionBalancedLoss(_stats(c), backend="reference", **cfg)
+        zs, zd = z.clone().requires_grad_(), z.clone().requires_grad_()
+        ours, theirs = mod(zs, sparse), ref(zd, dense)
+        ours.sum().backward()
+        theirs.sum().backward()
+        _close(ours.detach(), theirs.detach())
+        _close(zs.grad, zd.grad)
+
+
+def test_csr_wide_rows_bool_values_and_batchmean():
+    c = 33000  # wider than the CPU kernel's column tile: its chunks take their entries by search
+    sparse, dense = _csr_labels(3, c, density=0.001)
+    dense[2, c - 1] = 1
+    sparse = dense.to_sparse_csr()
+    z = torch.randn(3, c, generator=torch.Generator().manual_seed(2))
+    for reduction in ("mean", "batchmean"):
+        mod = dk.DistributionBalancedLoss(_stats(c), backend="cpu", reduction=reduction)
+        ref = dk.DistributionBalancedLoss(_stats(c), backend="reference", reduction=reduction)
+        _close(mod(z, sparse), ref(z, dense))
+    positives = (dense == 1).to_sparse_csr()  # bool values: no unknowns
+    mod = dk.DistributionBalancedLoss(_stats(c), backend="cpu")
+    _close(mod(z, positives), dk.DistributionBalancedLoss(_stats(c), backend="reference")(z, (dense == 1).float()))
+
+
+def test_csr_op_checks_values_and_structure():
+    sparse, _ = _csr_labels(4, 20)
+    mod = dk.DistributionBalancedLoss(_stats(20))
+    z = torch.randn(4, 20)
+    crow, col, values = sparse.crow_indices(), sparse.col_indices(), sparse.values()
+    aux = torch.ones(2)
+
+    def call(values, crow=crow, check=True):
+        args = ops.op_args(z, values, None, mod._params(torch.float32), aux, mod.spec, True, REDUCTION_SUM,
+                           check_labels=check, csr=(crow, col))
+        return cpp_ops.fused(*args)
+
+    call(values)
+    bad = values.clone()
+    bad[0] = 0.5
+    with pytest.raises(ValueError, match=re.escape("sparse labels must store 1 (positive) or -1 (unknown), found 0.5")):
+        call(bad)
+    call(bad, check=False)  # without the mode the op does not look
+    broken = crow.clone()
+    broken[2] = crow[-1] + 5
+    with pytest.raises(ValueError, match="malformed crow_indices"):
+        call(values, broken)
+    with pytest.raises(RuntimeError, match="CSR labels"):  # the CUDA kernel (emulated) has no CSR path
+        torch.ops.dbl._cuda_emulate(*ops.op_args(z, values, None, mod._params(torch.float32), aux, mod.spec, True,
+                                                 REDUCTION_SUM, csr=(crow, col)), 0)
+    assert "csr" in ops.features(cpp_ops.fused, "cpu") and "csr" not in ops.features(cpp_ops.fused, "cuda")
