@@ -222,10 +222,11 @@ def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, trai
     return torch.stack([scale.reshape(()), inv_norm.reshape(())])
 
 
-def aux_is_constant(cfg: LossConfig, spec: KernelSpec, labels, reduction) -> bool:
-    """Whether make_aux gives the same tensor for every call with labels of this shape and dtype
-    (no count of the labels' values, no batch maximum)."""
-    if spec.weight_norm == NORM_BATCH:
+def aux_is_constant(cfg: LossConfig, spec: KernelSpec, labels, reduction, batch_max=True) -> bool:
+    """Whether make_aux (same arguments, dense labels, no avg_factor, no label check) gives the same
+    tensor for every call with labels of this shape and dtype: no count of the labels' values and
+    no batch maximum."""
+    if batch_max and spec.weight_norm == NORM_BATCH:
         return False
     return reduction == REDUCTION_MEAN_COUNTED or _host_scale(labels, cfg, None, None) is not None
 
