@@ -213,6 +213,8 @@ class _FusedLoss(nn.Module):
         if len(self._plans) >= 8:
             self._plans.clear()
         table = self._class_table(logits.shape[1])[0]
+        if table.is_inference():  # a module built under inference_mode: no version counter to watch
+            return
         self._plans[self._signature(logits, labels)] = _Plan(self._state(), table, table._version, op, params, aux,
                                                             scalars)
 

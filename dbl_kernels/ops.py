@@ -82,7 +82,8 @@ class _EagerFused(torch.autograd.Function):
             loss, grad = op(*tensors, *ctx.scalars)
         ctx.grad = grad  # handed out (and dropped) by the first backward: not a saved tensor, it is scaled in place
         ctx.op, ctx.tensors = op, tensors
-        ctx.versions = [None if t is None else t._version for t in tensors]
+        # (inference tensors have no version counter, and cannot be modified outside inference mode)
+        ctx.versions = [None if t is None or t.is_inference() else t._version for t in tensors]
         return loss
 
     @staticmethod
@@ -103,7 +104,7 @@ class _EagerFused(torch.autograd.Function):
 def _check_versions(ctx):
     """What save_for_backward would check: the inputs were not modified in place since the forward."""
     for t, version in zip(ctx.tensors, ctx.versions):
-        if t is not None and t._version != version:
+        if version is not None and t._version != version:
             raise RuntimeError("dbl_kernels: an input of this loss was modified in place after the forward "
                                f"(version {version} -> {t._version}); a second backward needs the original "
                                "values: recompute the loss")

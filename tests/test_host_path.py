@@ -171,3 +171,19 @@ def test_the_plan_passes_the_same_arguments_as_the_full_path(monkeypatch):
     loss_fn(z, y)
     loss_fn(z, y)
     assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_inference_tensors_as_labels_and_table():
+    with torch.inference_mode():
+        built = _module()
+        labels = (torch.rand(4, 80) < 0.2).to(torch.uint8)
+    z, _ = _inputs()
+    for _ in range(2):
+        z.grad = None
+        loss = built(z, labels)
+        loss.backward(retain_graph=True)
+        loss.backward()  # the second backward recomputes: no version counter to check on labels
+    ref_loss, ref_grad = _reference(z, labels.clone())
+    torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(z.grad, 2 * ref_grad, rtol=1e-5, atol=1e-7)
+    assert not built._plans  # the table is an inference tensor: no plan
