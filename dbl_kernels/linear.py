@@ -49,12 +49,14 @@ class _Labels:
 
 def _row_terms(labels, chunks, class_freq, train_num, cfg):
     """(stats, row_max, batch_max, known count) over all classes, from the labels alone."""
+    if labels.csr and cfg.weight_norm is None:  # straight from the stored entries: no dense tile
+        return _sparse_row_terms(labels, class_freq, cfg) + (None, None, _sparse.known_count(labels.labels))
+    max_mode = reference.row_statistic_is_max(cfg)
     stats = None
     if reference.needs_row_statistics(cfg):
         total = count = None
         for c0, c1 in chunks:
             a, b = reference.row_statistics(labels.chunk(c0, c1), class_freq[c0:c1], cfg)
-            max_mode = cfg.reweight == "CB" and cfg.cb_mode == "min_n"
             total = a if total is None else (torch.maximum(total, a) if max_mode else total + a)
             count = b if count is None else count + b
         stats = (total, count)
@@ -67,6 +69,20 @@ def _row_terms(labels, chunks, class_freq, train_num, cfg):
         batch_max = row_max.amax() if row_max.numel() else None
     known = sum(reference.known(labels.chunk(c0, c1)).sum() for c0, c1 in chunks)
     return stats, row_max, batch_max, known
+
+
+def _sparse_row_terms(labels, class_freq, cfg):
+    """(stats,) of reference.row_statistics from CSR labels: each row's sum (or max) of the terms of
+    its stored positives, in stored order."""
+    if not reference.needs_row_statistics(cfg):
+        return (None,)
+    csr = labels.labels
+    positive = csr.values() == 1
+    terms = reference.row_statistic_terms(class_freq, cfg).to(labels.dtype)[csr.col_indices()]
+    zero = terms.new_zeros(())
+    total = _sparse.row_sums(csr, torch.where(positive, terms, zero),
+                             "max" if reference.row_statistic_is_max(cfg) else "sum")
+    return ((total, _sparse.row_sums(csr, positive.to(labels.dtype))),)
 
 
 def _chunk_loss(logits, labels, class_freq, train_num, cfg, rows):
@@ -84,7 +100,7 @@ class _FusedChunks:
     call gets the chunk's slice of the full class table, whose w_max spans all classes, and the
     row statistics and batch maximum over all classes."""
 
-    def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device):
+    def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device, scale):
         table = class_params(class_freq.cpu().numpy(), train_num, cfg)
         self.op, self.spec = op, kernel_spec(table, cfg)
         self.params = torch.from_numpy(table).to(device=device, dtype=dtype)
@@ -92,7 +108,9 @@ class _FusedChunks:
         self.row_stats = None if stats is None else torch.cat([stats[0].t(), stats[1].t()]).to(dtype).contiguous()
         inv_batch = 1.0 / batch_max if cfg.weight_norm == "by_batch" and batch_max is not None else None
         one = torch.ones((), dtype=dtype, device=device)
-        self.aux = torch.stack([one, one if inv_batch is None else inv_batch.to(dtype).reshape(())])
+        # aux[0]: the reduction scale, applied by the op to the loss and the gradient (no extra pass)
+        self.aux = torch.stack([torch.as_tensor(scale, dtype=dtype, device=device).reshape(()),
+                                one if inv_batch is None else inv_batch.to(dtype).reshape(())])
         self.reduction = REDUCTIONS[cfg.reduction]
 
     def __call__(self, logits, labels, c0, c1):
@@ -102,7 +120,7 @@ class _FusedChunks:
         return self.op(*args)
 
 
-def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype):
+def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype, scale):
     """A _FusedChunks where the resolved backend's op has what this loss needs, else None (the
     reference per chunk)."""
     name = backends.resolve(backend, device.type)
@@ -113,7 +131,7 @@ def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype):
     need |= {"per_class"} if cfg.reduction == "per_class" else set()
     if not need <= ops.features(op, device.type):
         return None
-    return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device)
+    return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device, scale)
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
@@ -127,19 +145,20 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         class_freq = class_freq.to(device=hidden.device, dtype=torch.float64)
         sum_cfg = dataclasses.replace(cfg, reduction="per_class" if cfg.reduction == "per_class" else "sum")
         *rows, known = _row_terms(labels, chunks, class_freq, train_num, cfg)
-        fused = _fused_chunks(backend, hidden.device, class_freq, train_num, sum_cfg, rows, dtype)
         if cfg.reduction == "mean":  # a device tensor: no host sync
             scale = 1.0 / torch.as_tensor(known, device=hidden.device).clamp(min=1).to(dtype)
         else:
             scale = 1.0 / max(n_rows, 1) if cfg.reduction == "batchmean" else 1.0
+        fused = _fused_chunks(backend, hidden.device, class_freq, train_num, sum_cfg, rows, dtype, scale)
+        if fused is not None:
+            scale = 1.0  # the op scales
         grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if ctx.needs_input_grad[0] else None
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         grad_bias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         total = hidden.new_zeros((num_classes,) if cfg.reduction == "per_class" else (), dtype=dtype)
         for c0, c1 in chunks:
-            logits = hidden @ weight[c0:c1].t()
-            if bias is not None:
-                logits = logits + bias[c0:c1]
+            logits = (hidden @ weight[c0:c1].t() if bias is None
+                      else torch.addmm(bias[c0:c1], hidden, weight[c0:c1].t()))
             if fused is not None:
                 loss, grad = fused(logits, labels.chunk(c0, c1), c0, c1)
             else:
@@ -148,11 +167,20 @@ class _ChunkedLinearLoss(torch.autograd.Function):
                 total[c0:c1] = loss
             else:
                 total = total + loss  # chunk order: deterministic
-            grad = grad * scale
+            if fused is None:
+                grad = grad * scale
+            # in place where the dtypes allow (no N x H / chunk x H temporaries), else cast
+            in_place = not torch.is_autocast_enabled(grad.device.type) and grad.dtype == hidden.dtype == weight.dtype
             if grad_hidden is not None:  # accumulated in the compute dtype, in chunk order
-                grad_hidden += grad.to(weight.dtype) @ weight[c0:c1]
+                if in_place and grad_hidden.dtype == grad.dtype:
+                    grad_hidden.addmm_(grad, weight[c0:c1])
+                else:
+                    grad_hidden += grad.to(weight.dtype) @ weight[c0:c1]
             if grad_weight is not None:
-                grad_weight[c0:c1] = grad.t().to(hidden.dtype) @ hidden
+                if in_place:
+                    torch.mm(grad.t(), hidden, out=grad_weight[c0:c1])
+                else:
+                    grad_weight[c0:c1] = grad.t().to(hidden.dtype) @ hidden
             if grad_bias is not None:
                 grad_bias[c0:c1] = grad.sum(dim=0)
         ctx.grads = [None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, grad_bias]

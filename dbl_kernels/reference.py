@@ -155,6 +155,21 @@ def needs_row_statistics(cfg: LossConfig) -> bool:
     return cfg.reweight == "rebalance" or (cfg.reweight == "CB" and cfg.cb_mode != "by_class")
 
 
+def row_statistic_terms(class_freq, cfg: LossConfig):
+    """What each positive of class j adds to its row's A (float64): 1/n_j (rebalance), n_j (CB
+    average_n) or cb_j (the other CB modes)."""
+    if cfg.reweight == "rebalance":
+        return 1.0 / class_freq.to(torch.float64)
+    if cfg.cb_mode == "average_n":
+        return class_freq.to(torch.float64)
+    return class_balanced_weight(class_freq, cfg.cb_beta)
+
+
+def row_statistic_is_max(cfg: LossConfig) -> bool:
+    """CB min_n takes the maximum of the terms over a row's positives, the others their sum."""
+    return cfg.reweight == "CB" and cfg.cb_mode == "min_n"
+
+
 def row_statistics(labels, class_freq, cfg: LossConfig):
     """The per-row sums the row-dependent weights need, as (A, B), each N x 1 (None for the class-
     vector weights): rebalance A = r_i = sum_j y+_ij / n_j; CB average_w A = sum_j y+ cb_j, average_n
@@ -164,16 +179,9 @@ def row_statistics(labels, class_freq, cfg: LossConfig):
     if not needs_row_statistics(cfg):
         return None
     pos = positives(labels)
-    dtype = labels.dtype
     count = pos.sum(dim=1, keepdim=True)
-    if cfg.reweight == "rebalance":
-        table = 1.0 / class_freq.to(torch.float64)
-    elif cfg.cb_mode == "average_n":
-        table = class_freq
-    else:
-        table = class_balanced_weight(class_freq, cfg.cb_beta)
-    table = table.to(dtype)
-    if cfg.reweight == "CB" and cfg.cb_mode == "min_n":
+    table = row_statistic_terms(class_freq, cfg).to(labels.dtype)
+    if row_statistic_is_max(cfg):
         return torch.where(pos > 0, table.expand_as(labels), 0).amax(dim=1, keepdim=True), count
     return (pos * table).sum(dim=1, keepdim=True), count
 

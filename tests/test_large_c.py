@@ -84,7 +84,11 @@ def _dense_path(hidden, weight, bias, labels, stats, backend, **options):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("options", [dict(), dict(reduction="sum", weight_norm="by_batch"),
                                      dict(reduction="batchmean", reweight="CB", cb_mode="min_n", weight_norm="by_instance"),
-                                     dict(gamma_neg=4.0, clip=0.05, reweight=None)])
+                                     dict(gamma_neg=4.0, clip=0.05, reweight=None),
+                                     # row statistics straight from CSR entries (no weight_norm)
+                                     dict(reweight="CB", cb_mode="min_n"),
+                                     dict(reweight="CB", cb_mode="average_n", reduction="sum"),
+                                     dict(reweight="CB", cb_mode="average_w")])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_fused_classifier_matches_logits_then_loss(backend, options, sparse):
     g = torch.Generator().manual_seed(4)
