@@ -19,7 +19,7 @@ before the call) above the resident set before it, with glibc told to return eve
 the live tensors; on CUDA ``torch.cuda.max_memory_allocated`` above the allocated bytes before.
 Time: the median of ``--repeats`` calls after one warm-up call.
 
-Writes results.json, summary.md and memory.png (peak extra memory against C; matplotlib) into
+Writes largec.json, summary.md and memory.png (peak extra memory against C; matplotlib) into
 DIR (default ``./dbl_bench/<date>-<device>-largec/``) and prints the summary.
 """
 from __future__ import annotations
@@ -259,7 +259,7 @@ def main(argv=None):
             print(json.dumps(records[-1]), flush=True)
     out = Path(args.out) if args.out else envinfo.default_out(device).with_name(envinfo.default_out(device).name + "-largec")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")
+    (out / "largec.json").write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")
     text = summary(meta, records)
     (out / "summary.md").write_text(text)
     plot(records, out / "memory.png")

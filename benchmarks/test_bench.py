@@ -570,7 +570,7 @@ def test_largec_script(tmp_path):
                       "--backend", "cpu" if "cpu" in __import__("dbl_kernels").available_backends() else "reference",
                       "--out", str(out)])
     assert rc == 0
-    data = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "largec.json").read_text())
     by = largec.pairs(data["records"])[300]
     assert set(by) == {"dense", "fused"}
     dense, fused = by["dense"], by["fused"]
