@@ -18,8 +18,8 @@ Losses (``--losses``, a comma list; default: db-focal, and both for the asl suit
   db-focal    DistributionBalancedLoss with the authors' COCO-MLT config; eager = its reference backend
   asl         AsymmetricLoss at Ridnik et al.'s defaults (gamma_neg 4, gamma_pos 1, clip 0.05, summed);
               eager and compile run the paper's formula in PyTorch ops (harness/measure.py:
-              asl_formula), given float labels made beforehand. Until the kernels compute asymmetric
-              focusing the fused backends run the reference for it (marked in the tables)
+              asl_formula), given float labels made beforehand. The cpu and cuda kernels compute it
+              in their fused pass; the triton backend runs the reference for it (marked in the tables)
 
 Backends: ``eager`` (the reference backend, eager mode), ``compile`` (``torch.compile`` of a function
 calling the reference backend), ``bce`` (torch's binary_cross_entropy_with_logits, the host-time
