@@ -52,14 +52,16 @@ def compute_dtype(logits_dtype):
     return torch.float64 if logits_dtype == torch.float64 else torch.float32
 
 
-def runs_fused(module):
-    """Whether the fused backends compute ``module``'s configuration in their kernels (False: the
-    call runs the reference; today the asymmetric options do), None where that cannot be read.
+def runs_fused(module, backend, device):
+    """Whether ``backend``'s kernel computes ``module``'s configuration on ``device`` (False: the
+    call runs the reference, e.g. the asymmetric options on triton), None where that cannot be read.
     The package keeps this private; a report should not die of it."""
     try:
+        from dbl_kernels import backends, ops
         from dbl_kernels.loss import _fused_supports
 
-        return bool(_fused_supports(module.config, module._reference_inputs()[2]))
+        features = ops.features(backends.fused_op(backend), device.type)
+        return bool(_fused_supports(features, module.config, False, module._reference_inputs()[2]))
     except Exception:
         return None
 
@@ -285,7 +287,7 @@ def run_one(case, backend, funcs, sets, set_bytes, timer, device, reference, bas
         fn = funcs.get(backend, case)
         step = Step(fn, case.mode, sets, dynamic, float_labels=label_form(case, backend))
         if backend not in BASELINES:
-            record["fused_kernel"] = runs_fused(fn)
+            record["fused_kernel"] = runs_fused(fn, backend, device)
         start = time.perf_counter()
         out = step(0)
         sync(device)
