@@ -103,7 +103,7 @@ class _FusedChunks:
     row statistics and batch maximum over all classes."""
 
     def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device, scale):
-        table = class_params(class_freq.cpu().numpy(), train_num, cfg)
+        table = class_params(class_freq, train_num, cfg)  # numpy: built on the host, no device read
         self.op, self.spec = op, kernel_spec(table, cfg)
         self.params = torch.from_numpy(table).to(device=device, dtype=dtype)
         stats, _, batch_max = rows
@@ -139,19 +139,19 @@ def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype, scal
 class _ChunkedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, plan):
-        labels, class_freq, train_num, cfg, chunk_size, backend = plan
+        labels, host_freq, train_num, cfg, chunk_size, backend = plan
         n_rows, num_classes = hidden.shape[0], weight.shape[0]
         chunks = [(c0, min(c0 + chunk_size, num_classes)) for c0 in range(0, num_classes, chunk_size)]
         dtype = reference.compute_dtype(hidden)  # the loss math; the matmuls follow autocast
         labels = _Labels(labels, dtype)
-        class_freq = class_freq.to(device=hidden.device, dtype=torch.float64)
+        class_freq = torch.from_numpy(host_freq).to(device=hidden.device, dtype=torch.float64)
         sum_cfg = dataclasses.replace(cfg, reduction="per_class" if cfg.reduction == "per_class" else "sum")
         *rows, known = _row_terms(labels, chunks, class_freq, train_num, cfg)
         if cfg.reduction == "mean":  # a device tensor: no host sync
             scale = 1.0 / torch.as_tensor(known, device=hidden.device).clamp(min=1).to(dtype)
         else:
             scale = 1.0 / max(n_rows, 1) if cfg.reduction == "batchmean" else 1.0
-        fused = _fused_chunks(backend, hidden.device, class_freq, train_num, sum_cfg, rows, dtype, scale)
+        fused = _fused_chunks(backend, hidden.device, host_freq, train_num, sum_cfg, rows, dtype, scale)
         if fused is not None:
             scale = 1.0  # the op scales
         grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if ctx.needs_input_grad[0] else None
@@ -224,7 +224,7 @@ def linear_distribution_balanced_loss(hidden: torch.Tensor, weight: torch.Tensor
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive number of classes, got {chunk_size!r}")
     backends.check_backend_name(backend)
-    class_freq = torch.from_numpy(stats.class_freq.copy())
+    class_freq = stats.class_freq.copy()
     return _ChunkedLinearLoss.apply(hidden, weight, bias,
                                     (labels, class_freq, stats.train_num, cfg, chunk_size, backend))
 
