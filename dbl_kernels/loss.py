@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -176,7 +177,10 @@ class _FusedLoss(nn.Module):
         csr = _sparse.is_csr(labels)
         features = (ops.features(backends.fused_op(backend), logits.device.type) if backend != "reference"
                     else frozenset())
-        if backend != "reference" and not _fused_supports(features, cfg, csr, self._reference_inputs()[2]):
+        missing = _fused_missing(features, cfg, csr, self._reference_inputs()[2]) if backend != "reference" else ()
+        if missing:
+            if is_eager(logits):
+                _warn_unsupported(backend, logits.device.type, missing)
             backend, features = "reference", frozenset()
         # the CPU op checks dense label values in its own pass (no torch pass before the call)
         in_kernel = ("check_labels" in features and not csr and _default_check(labels, self.validate_labels)
@@ -278,15 +282,38 @@ class _FusedLoss(nn.Module):
         return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
 
 
-def _fused_supports(features, cfg, csr, pos_weight=None):
-    """Whether a fused backend with ``features`` (ops.register) computes this call, else the
-    reference runs it. A ``pos_weight`` selects the asymmetric form (reference.focal_bce)."""
+def _fused_missing(features, cfg, csr, pos_weight=None):
+    """What this call needs of the kernel contract that a fused backend with ``features``
+    (ops.register) lacks; empty: the kernel computes it. A ``pos_weight`` selects the asymmetric
+    form (reference.focal_bce)."""
     need = {"asymmetric"} if cfg.asymmetric or pos_weight is not None else set()
     if cfg.reduction == "per_class":
         need.add("per_class")
     if csr:
         need.add("csr")
-    return need <= features
+    return need - features
+
+
+def _fused_supports(features, cfg, csr, pos_weight=None):
+    return not _fused_missing(features, cfg, csr, pos_weight)
+
+
+_WHAT = {"asymmetric": "the asymmetric form (ASL, DB-ASL, pos_weight)", "per_class": "reduction='per_class'",
+         "csr": "CSR labels"}
+_WARNED = set()
+
+
+def _warn_unsupported(backend, device_type, missing):
+    """Once per (backend, device, missing features): the call runs the reference, not silently."""
+    key = (backend, device_type, frozenset(missing))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    what = ", ".join(_WHAT[m] for m in sorted(missing))
+    warnings.warn(f"dbl_kernels: the {backend} kernel does not compute {what} on {device_type} tensors, so these "
+                  "calls run the pure-PyTorch reference (slower). The cpu and cuda kernels compute the asymmetric "
+                  "form and per_class, the cpu kernel CSR labels (README: Backends); pass backend='reference' to "
+                  "choose the reference explicitly.", UserWarning, stacklevel=3)
 
 
 class DistributionBalancedLoss(_FusedLoss):

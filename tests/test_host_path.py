@@ -187,3 +187,23 @@ def test_inference_tensors_as_labels_and_table():
     torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(z.grad, 2 * ref_grad, rtol=1e-5, atol=1e-7)
     assert not built._plans  # the table is an inference tensor: no plan
+
+
+@pytest.mark.skipif(not backends.has_backend("triton"), reason="needs triton (its interpreter on CPU)")
+def test_a_kernel_without_a_feature_warns_once_and_runs_the_reference():
+    import warnings
+
+    from dbl_kernels import loss as loss_module
+
+    loss_module._WARNED.clear()
+    z, y = _inputs()
+    loss_fn = dk.AsymmetricLoss(backend="triton")
+    with pytest.warns(UserWarning, match=r"triton kernel does not compute the asymmetric form"):
+        got = loss_fn(z, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = loss_fn(z, y)  # once per backend, device and feature set
+        dk.AsymmetricLoss(backend="cpu")(z, y)  # the cpu kernel computes it: no warning
+    expect = dk.AsymmetricLoss(backend="reference")(z, y)
+    torch.testing.assert_close(got, expect)
+    torch.testing.assert_close(again, expect)
