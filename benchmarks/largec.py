@@ -229,7 +229,8 @@ def plot(records, path):
         return False
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name in PATHS:
-        rows = sorted((c, by[name]["peak_extra_bytes"] / 2**20) for c, by in pairs(records).items() if name in by)
+        rows = sorted((c, by[name]["peak_extra_bytes"] / 2**20) for c, by in pairs(records).items()
+                      if name in by and by[name]["peak_extra_bytes"] > 0)  # a log axis (tiny runs measure 0)
         if rows:
             ax.plot(*zip(*rows), marker="o", label=name)
     ax.set(xscale="log", yscale="log", xlabel="classes C", ylabel="peak extra memory (MiB)")
