@@ -30,6 +30,20 @@ from dbl_kernels._spec import make_aux
 from test_cpp_backend import FOCALS, NTRS, REWEIGHTS, TOL, _inputs, _nvcc, _stats, cpp_ops, needs_ext, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _static_check():
+    """benchmarks/static_check.py, whose cuobjdump finder the SASS checks here share."""
+    import importlib.util
+    import sys
+
+    if "dbl_static_check" not in sys.modules:  # its dataclasses need the module registered
+        spec = importlib.util.spec_from_file_location("dbl_static_check", ROOT / "benchmarks" / "static_check.py")
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules["dbl_static_check"]
+
+
 PATH_GENERIC, PATH_DB_FOCAL, PATH_CB_FOCAL, PATH_BCE = range(4)  # csrc/dbl_plan.h KernelPath
 DB_FOCAL = dict()  # the authors' COCO config: rebalance, focal gamma=2, NTR, mean
 CB_FOCAL = dict(reweight="CB", cb_mode="average_w", logit_reg=False)
@@ -279,18 +293,6 @@ def test_slot_division_by_multiplication_is_exact():
 # ------------------------------------------------------------------------------------------------
 # The machine code (sm_90): the main paths' instruction budget, read from the SASS.
 # ------------------------------------------------------------------------------------------------
-def _cuobjdump():
-    try:
-        import triton
-
-        path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    return shutil.which("cuobjdump")
-
-
 def _loops(instructions):
     """Innermost loops (backward branches with no loop inside) as lists of instruction texts."""
     spans = []
@@ -307,11 +309,11 @@ def test_main_paths_fit_the_sass_budget(tmp_path):
     loop (one vector of 8 per trip) plus the row-statistics loop, at most 46 instructions (the
     budget is 48; per-item work adds about 2 at full chunks), at most 5 MUFU; no spills; 16-byte
     logits loads and gradient stores."""
-    nvcc, tool = _nvcc(), _cuobjdump()
+    static_check = _static_check()
+    nvcc, tool = _nvcc(), static_check.cuobjdump()
     if nvcc is None or tool is None:
         pytest.skip("needs nvcc and cuobjdump")
-    flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-             "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
+    flags = static_check.TORCH_NVCC_FLAGS  # torch's, as the extension build passes them
     cubin = tmp_path / "k.cubin"
     proc = subprocess.run([nvcc, "-cubin", "-arch=sm_90", "-O3", "-std=c++17", *flags, "-I", str(ROOT / "csrc"),
                            "-Xptxas", "-v", str(ROOT / "csrc" / "dbl_cuda.cu"), "-o", str(cubin)],
