@@ -163,20 +163,21 @@ def test_column_tile_loop(split, rows_per_program):
 
 @pytest.mark.parametrize("block_c", [16, 32])
 def test_narrow_column_tiles(block_c):
-    """C = 80 in 16- or 32-wide column tiles of many rows (what the autotuner may pick for C just
-    above a power of 2), the statistics pass re-reading the labels."""
-    with tk._force_tiles(row_block_c=block_c, row_tile_elems=8 * block_c, slot_tile_elems=4 * block_c):
+    """C = 80 in 16-wide column tiles (unrolled: C is 5 of them; what the autotuner picks) or 32-wide
+    ones (the column loop with a masked tail), the statistics pass re-reading the labels."""
+    with tk._force_tiles(row_block_c=block_c, row_tile_elems=8 * block_c):
         for i, (cfg, labels) in enumerate([(dict(), "uint8"), (dict(reweight="CB", cb_mode="min_n"), "partial"),
                                            (dict(weight_norm="by_instance", reduction="none"), "soft")]):
             z, y = _inputs(19, 80, labels, seed=20 + i)
             _check(COCO, z, y, **cfg)
 
 
-def test_partial_slots_of_larger_tiles():
-    """Autotuned tiles of different heights share one slot layout: a taller tile zero-fills its extra slots."""
+def test_persistent_programs():
+    """Programs loop over several row tiles (the persistent grid), the last tile partly past N, and
+    the last program to finish adds the partial sums."""
     z, y = _inputs(37, 80, "partial", seed=14)
-    with tk._force_tiles(row_tile_elems=1024, slot_tile_elems=256):
-        for reduction in ("mean", "sum"):
+    with tk._force_tiles(row_tile_elems=64, row_block_c=16, programs=3):
+        for reduction in ("mean", "sum", "none"):
             _check(COCO, z, y, reduction=reduction)
 
 

@@ -8,11 +8,9 @@ import itertools
 import torch
 
 from .._spec import REWEIGHT_REBALANCE
-from .tuning import (SCALE_BLOCK, STATS_BLOCK_C, STATS_WARPS, SUM_BLOCK, loop_configs, min_rows, one_tile_max_c,
-                     per_thread, row_configs)
+from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, loop_configs, one_tile_max_c, per_thread, row_configs
 from ._math import POW_ANY, POW_NONE, POW_ONE, POW_TWO
-from .kernels import (STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel,
-                      _sum_kernel)
+from .kernels import STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel
 from .launcher import labels_kind
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
@@ -27,7 +25,7 @@ _AXES = dict(REWEIGHT=tuple(range(6)), NORM=(0, 1, 2), LOGIT_REG=(False, True),
              POW=(POW_NONE, POW_ONE, POW_TWO, POW_ANY), REDUCE_NONE=(False, True), HAS_GRADIENTS=(False, True))
 _MAIN = dict(REWEIGHT=REWEIGHT_REBALANCE, NORM=0, LOGIT_REG=True, POW=POW_TWO, REDUCE_NONE=False,
              HAS_GRADIENTS=True)
-_INTS = ("N", "C", "stride_z", "stride_y", "stride_wn", "stride_wc", "chunk", "split", "n_slot_rows")
+_INTS = ("N", "C", "stride_z", "stride_y", "stride_wn", "stride_wc", "chunk", "stats_split")
 _FLOATS = ("map_alpha", "map_beta", "map_gamma", "cb_log_beta", "neg_scale", "gamma", "scale", "w_max")
 _ALIGNED = ("C", "stride_z", "stride_y", "chunk")  # what the runtime sees for C % 16 == 0, contiguous rows
 
@@ -51,8 +49,8 @@ def _spec_dict(fn, name, types, constexprs, num_warps, main_path=False, aligned=
 def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
     cd = torch.float64 if zd == torch.float64 else torch.float32
     types = dict(z_ptr=_PTR[zd], y_ptr=_PTR[yd], wt_ptr=_PTR[wd or cd], cp_ptr=_PTR[cd], aux_ptr=_PTR[cd],
-                 stats_ptr=_PTR[cd], out_ptr=_PTR[cd], grad_ptr=_PTR[zd],
-                 **{n: "i32" for n in _INTS}, **{n: "fp32" for n in _FLOATS})
+                 stats_ptr=_PTR[cd], bmax_ptr="*i64", part_ptr=_PTR[cd], sync_ptr="*i64", out_ptr=_PTR[cd],
+                 grad_ptr=_PTR[zd], **{n: "i32" for n in _INTS}, **{n: "fp64" for n in _FLOATS})
     hard, unknown = labels_kind(yd)
     base = dict(axes, HAS_WEIGHT=wd is not None, HARD_LABELS=hard, HAS_UNKNOWN=unknown)
     needs = axes["REWEIGHT"] in STATS_MODES
@@ -60,20 +58,20 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
            f"-ntr{int(axes['LOGIT_REG'])}-pow{axes['POW']}-{'none' if axes['REDUCE_NONE'] else 'sum'}"
            f"-grad{int(axes['HAS_GRADIENTS'])}")
     for bc in block_cs:
-        configs = row_configs(bc, True, per_thread(zd))
+        configs = row_configs(bc, per_thread(zd))
         for c, w in (configs if all_configs else configs[:1]):
-            ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, MIN_ROWS=min_rows(configs), **c)
+            ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1
                 ce.update(C=1, stride_z=1, stride_y=1)
             kind = "onetile" if c["ONE_TILE"] else "narrow"
-            yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{kind}{c['BLOCK_C']}-T{c['TILE_ELEMS']}-w{w}",
-                             types, ce, w, main_path, _ALIGNED)
+            yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{kind}{c['BLOCK_C']}-N{c['BLOCK_N']}-w{w}",
+                             types, ce, w, main_path, _ALIGNED if bc % 16 == 0 else _ALIGNED[-1:])
     for st in ((STATS_INLINE, STATS_BUFFER) if needs else (STATS_NONE,)):
         configs = loop_configs(per_thread(zd))
         for c, w in (configs if all_configs else configs[:1]):
-            ce = dict(base, STATS=st, MIN_ROWS=1, **c)
-            yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-B{c['BLOCK_C']}-w{w}", types, ce, w, main_path,
-                             _ALIGNED)
+            ce = dict(base, STATS=st, **c)
+            yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-N{c['BLOCK_N']}-B{c['BLOCK_C']}-w{w}", types, ce, w,
+                             main_path, _ALIGNED)
 
 
 def specialisations(quick=False, exhaustive=False):
@@ -86,18 +84,18 @@ def specialisations(quick=False, exhaustive=False):
       appears in some variant (one tile config each). About 200 variants.
     * ``exhaustive``: the full product of dtypes x axes x tile configs (millions: for counting or
       sampling, not for compiling them all).
-    Rows-regime variants are listed for next_pow2(C) = 128 (C = 80, the COCO case; 16/32-wide
-    narrow tiles included) and, outside ``quick``, 1 and the widest one tile (4096; fp64 1024).
+    Rows-regime variants are listed for C = 80 (the COCO case: 16-wide column tiles) and, outside
+    ``quick``, 1 and the widest narrow-row C (4096; fp64 1024).
     """
     names = list(_AXES)
     if exhaustive:
         for zd, yd, wd in itertools.product(LOGIT_DTYPES, LABEL_DTYPES, WEIGHT_DTYPES):
             for values in itertools.product(*_AXES.values()):
-                yield from _fused_variants(zd, yd, wd, dict(zip(names, values)), (1, 128, one_tile_max_c(zd)), True,
+                yield from _fused_variants(zd, yd, wd, dict(zip(names, values)), (1, 80, one_tile_max_c(zd)), True,
                                        False)
     else:
         for zd in (torch.bfloat16, torch.float32):
-            yield from _fused_variants(zd, torch.uint8, None, _MAIN, (128,), True, True)
+            yield from _fused_variants(zd, torch.uint8, None, _MAIN, (80,), True, True)
         if not quick:
             covering = [(zd, torch.uint8, None, _MAIN) for zd in LOGIT_DTYPES if zd not in (torch.bfloat16, torch.float32)]
             covering += [(torch.bfloat16, yd, None, _MAIN) for yd in LABEL_DTYPES if yd != torch.uint8]
@@ -109,18 +107,17 @@ def specialisations(quick=False, exhaustive=False):
                         if name == "REWEIGHT":  # the CB / class modes with soft and partial labels, fp64 too
                             covering.append((torch.float64, torch.float32, torch.float64, dict(_MAIN, **{name: v})))
             for zd, yd, wd, axes in covering:
-                yield from _fused_variants(zd, yd, wd, axes, (1, 128, one_tile_max_c(zd)), False, False)
+                yield from _fused_variants(zd, yd, wd, axes, (1, 80, one_tile_max_c(zd)), False, False)
     for yd, cd in itertools.product(LABEL_DTYPES if not quick else (torch.uint8,), (torch.float32, torch.float64)):
         for rw in (STATS_MODES if not quick else (REWEIGHT_REBALANCE,)):
             hard, unknown = labels_kind(yd)
-            types = dict(y_ptr=_PTR[yd], cp_ptr=_PTR[cd], stats_ptr=_PTR[cd], N="i32", C="i32", stride_y="i32",
-                         chunk="i32", split="i32")
-            ce = dict(REWEIGHT=rw, HARD_LABELS=hard, HAS_UNKNOWN=unknown, BLOCK_C=STATS_BLOCK_C)
+            types = dict(y_ptr=_PTR[yd], cp_ptr=_PTR[cd], stats_ptr=_PTR[cd], bmax_ptr="*i64", N="i32", C="i32",
+                         stride_y="i32", chunk="i32", map_alpha="fp64", map_beta="fp64", map_gamma="fp64",
+                         cb_log_beta="fp64", w_max="fp64")
+            ce = dict(REWEIGHT=rw, BATCH_MAX=True, HARD_LABELS=hard, HAS_UNKNOWN=unknown, BLOCK_N=1,
+                      BLOCK_C=STATS_TILE)
             yield _spec_dict(_stats_kernel, f"stats-{_short(yd)}-{_short(cd)}-rw{rw}", types, ce, STATS_WARPS,
                              aligned=("C", "stride_y", "chunk"))
-    for cd in (torch.float32, torch.float64):
-        yield _spec_dict(_sum_kernel, f"sum-{_short(cd)}", dict(part_ptr=_PTR[cd], n="i32", loss_ptr=_PTR[cd]),
-                         dict(BLOCK=SUM_BLOCK), 4)
     for zd in LOGIT_DTYPES:
         cd = torch.float64 if zd == torch.float64 else torch.float32
         yield _spec_dict(_scale_kernel, f"scale-{_short(zd)}", dict(g_ptr=_PTR[zd], go_ptr=_PTR[cd], n="i64",
