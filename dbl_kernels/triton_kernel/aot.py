@@ -58,7 +58,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
            f"-ntr{int(axes['LOGIT_REG'])}-pow{axes['POW']}-{'none' if axes['REDUCE_NONE'] else 'sum'}"
            f"-grad{int(axes['HAS_GRADIENTS'])}")
     for bc in block_cs:
-        configs = row_configs(bc, per_thread(zd))
+        configs = row_configs(bc, per_thread(zd), axes["HAS_GRADIENTS"])
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1

@@ -146,7 +146,7 @@ def _accumulate_stats(A, B, pos, cp_ptr, C, cols, cmask, REWEIGHT: tl.constexpr,
         else:
             v = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, A.shape[0])
         A = _pick_add(A, pos, v, HARD_LABELS, HAS_UNKNOWN)
-        B = _pick_add(B, pos, 1.0, HARD_LABELS, HAS_UNKNOWN)
+        B = _pick_add(B, pos, tl.full(B.shape, 1.0, B.dtype), HARD_LABELS, HAS_UNKNOWN)
     return A, B
 
 

@@ -33,8 +33,11 @@ def usable():
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _sm(index):
+    """(SM count, registers per SM, threads per SM) of CUDA device ``index``."""
+    p = torch.cuda.get_device_properties(index)
+    return (p.multi_processor_count, getattr(p, "regs_per_multiprocessor", 65536),
+            getattr(p, "max_threads_per_multi_processor", 2048))
 
 
 def _device_index(device):
@@ -42,10 +45,33 @@ def _device_index(device):
 
 
 def max_programs(device):
-    """The persistent grid's size cap: PROGRAMS_PER_SM per SM (2 in the interpreter)."""
+    """Most programs any launch here runs at once (32 CTAs per SM), the partial-sum buffer's size."""
+    return _sm(_device_index(device))[0] * 32 if device.type == "cuda" else 64
+
+
+def programs_cap(device, num_warps, n_regs=None):
+    """The persistent grid's size: as many programs as fit on the GPU at once (by registers and
+    threads; 16 // num_warps per SM before the register count is known), so no program waits for
+    another to finish; 2 in the interpreter. ``tuning.tiles.programs`` overrides."""
+    if tuning.tiles.programs:
+        return tuning.tiles.programs
     if device.type != "cuda":
         return 2
-    return tuning.PROGRAMS_PER_SM * _sm_count(_device_index(device))
+    sms, regs, threads = _sm(_device_index(device))
+    if n_regs is None:
+        return sms * max(1, 16 // num_warps)
+    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+    return sms * max(1, min(regs // (per_warp * num_warps), threads // (32 * num_warps), 32))
+
+
+class Persistent:
+    """The grid of a persistent kernel: min(row tiles, programs that fit) x split."""
+
+    def __init__(self, n_tiles, split=1):
+        self.n_tiles, self.split = n_tiles, split
+
+    def __call__(self, cap):
+        return (max(1, min(self.n_tiles, cap // self.split)), self.split)
 
 
 def pow_mode(focal, gamma):
@@ -92,20 +118,27 @@ def _specialisation(fn, args):
 
 
 def launch(kernel, grid, args, num_warps, eager):
-    """Launch ``kernel`` (a JITFunction) on ``grid`` with ``args`` (every parameter by name). The one
-    entry point of every launch of this backend (tests count launches by wrapping it)."""
+    """Launch ``kernel`` (a JITFunction) with ``args`` (every parameter by name) on ``grid``: a
+    tuple, or a Persistent grid sized from the compiled kernel's registers. The one entry point
+    of every launch of this backend (tests count launches by wrapping it)."""
+    device = args["y_ptr" if "y_ptr" in args else "g_ptr"].device
     if INTERPRET or not eager:
+        if isinstance(grid, Persistent):
+            grid = grid(programs_cap(device, num_warps))
         (_wrap(kernel) if _wrap is not None and not eager else kernel)[grid](**args, num_warps=num_warps)
         return
-    device = torch.cuda.current_device()
-    key = (kernel, device, num_warps, _specialisation(kernel, args))
+    index = _device_index(device)
+    key = (kernel, index, num_warps, _specialisation(kernel, args))
     compiled = _COMPILED.get(key)
-    if compiled is None:
-        _COMPILED[key] = kernel[grid](**args, num_warps=num_warps)
-        return
+    if compiled is None:  # compile without launching (the grid may depend on its registers)
+        compiled = kernel.warmup(**args, grid=(1,), num_warps=num_warps)
+        compiled._init_handles()
+        _COMPILED[key] = compiled
+    if isinstance(grid, Persistent):
+        grid = grid(programs_cap(device, num_warps, compiled.n_regs))
     values = [args[n] for n in kernel.arg_names]
     g = tuple(grid) + (1,) * (3 - len(grid))
-    stream = triton.runtime.driver.active.get_current_stream(device)
+    stream = triton.runtime.driver.active.get_current_stream(index)
     hooks = triton.knobs.runtime
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
                  compiled.launch_metadata(g, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
@@ -117,20 +150,26 @@ _TUNED = {}
 
 def autotuned_meta(configs, key, grid, args, eager):
     """(meta, num_warps) the autotuner picks among ``configs`` for ``key`` (the constexprs, dtypes
-    and N bucket): it runs (benchmarks, then launches the best config) once per key and device;
-    later calls reuse its pick. None when this call launched the kernel itself."""
+    and N bucket), once per key and device: its first call benchmarks the configs (and launches the
+    best one, which the caller's own launch then repeats with the grid every later call gets).
+    Under tracing: None, the autotuner launched into the graph."""
     frozen = tuning.freeze(configs)
-    key = (frozen, key, torch.cuda.current_device() if not INTERPRET else None)
+    key = (frozen, key, torch.cuda.current_device())
     best = _TUNED.get(key)
     if best is not None:
         return best
+    device = args["z_ptr"].device
     tuner = tuning.autotuner(frozen, key[1][-1])
-    if not eager:  # tracing: the autotuner rides along in the graph
-        (_wrap(tuner) if _wrap is not None else tuner)[grid](**args)
+
+    def tuner_grid(meta):
+        return grid(meta)(programs_cap(device, 4))
+
+    if not eager:
+        (_wrap(tuner) if _wrap is not None else tuner)[tuner_grid](**args)
         return None
-    tuner[grid](**args)
-    _TUNED[key] = (dict(tuner.best_config.kwargs), tuner.best_config.num_warps)
-    return None
+    tuner[tuner_grid](**args)
+    best = _TUNED[key] = (dict(tuner.best_config.kwargs), tuner.best_config.num_warps)
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,20 +218,20 @@ def workspace(device, dtype, n_partials, eager):
         key = (device.type, None, dtype)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.partials.numel() < n_partials:
-        ws = _WORKSPACES[key] = _Workspace(device, dtype, max(n_partials, max_programs(device)))
+        ws = _WORKSPACES[key] = _Workspace(device, dtype, n_partials)
     return ws
 
 
 # ---------------------------------------------------------------------------------------------
 # The op.
 # ---------------------------------------------------------------------------------------------
-def _plan(n_rows, n_cols, dtype, device):
+def _plan(n_rows, n_cols, dtype, need_grad):
     """(configs or None, fixed meta or None, wide): the tile choices of this shape."""
     tiles = tuning.tiles
     per_thread = tuning.per_thread(dtype)
     if n_cols <= tuning.one_tile_max_c(dtype):
         if tiles.row_tile_elems is None:
-            return tuning.row_configs(n_cols, per_thread), None, False
+            return tuning.row_configs(n_cols, per_thread, need_grad), None, False
         block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 1024)[-1]
         meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
         return None, meta, False
@@ -239,13 +278,13 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     needs_stats = reweight_mode in STATS_MODES
     by_batch = weight_norm == NORM_BATCH and needs_stats
     table = kernel_table(class_params, reweight_mode, map_beta, eager)
-    configs, meta, wide = _plan(n_rows, n_cols, dtype, device)
+    configs, meta, wide = _plan(n_rows, n_cols, dtype, need_grad)
     tiles = tuning.tiles
-    cap = tiles.programs or max_programs(device)
     split, chunk = 1, n_cols
-    if wide:
+    if wide:  # too few row tiles to fill the GPU: split the columns too
         row_tiles = -(-n_rows // (meta["BLOCK_N"] if meta else tuning.min_rows(configs)))
-        split = tiles.split or max(1, min(-(-cap // 4 // row_tiles), -(-n_cols // tiles.chunk_align)))
+        target = 4 * (_sm(_device_index(device))[0] if device.type == "cuda" else 0)
+        split = tiles.split or max(1, min(-(-target // row_tiles), -(-n_cols // tiles.chunk_align)))
         chunk = -(-n_cols // split)
         chunk = -(-chunk // tiles.chunk_align) * tiles.chunk_align
         split = -(-n_cols // chunk)
@@ -255,15 +294,14 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode)
-    programs_r = max(1, cap // split)
-    ws = workspace(device, dtype, programs_r * split, eager)
+    ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), eager)
     out = (torch.empty((n_rows, n_cols), dtype=dtype, device=device) if reduce_none
            else torch.empty((), dtype=dtype, device=device))
     stats, bmax, stats_split = ws.partials, ws.sync, split
     if stats_mode == STATS_BUFFER:
         stats_split = 1 if by_batch else split
         stats, bmax = _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, stats_split,
-                                 chunk if stats_split > 1 else n_cols, cap, dtype, eager,
+                                 chunk if stats_split > 1 else n_cols, dtype, eager,
                                  map_alpha, map_beta, map_gamma, cb_log_beta, w_max)
     args = dict(z_ptr=logits, y_ptr=labels, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
                 part_ptr=ws.partials, sync_ptr=ws.sync, out_ptr=out, grad_ptr=grad, N=n_rows, C=n_cols,
@@ -273,7 +311,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
                 w_max=w_max, **consts)
 
     def grid(meta):
-        return (min(-(-n_rows // meta["BLOCK_N"]), programs_r), split)
+        return Persistent(-(-n_rows // meta["BLOCK_N"]), split)
 
     if meta is None:
         if INTERPRET:
@@ -281,19 +319,19 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         else:
             key = (tuple(consts.values()), n_cols, logits.dtype, labels.dtype, wt.dtype, tuning.n_bucket(n_rows))
             picked = autotuned_meta(configs, key, grid, args, eager)
-            if picked is None:  # the autotuner launched it
+            if picked is None:  # traced: the autotuner launched it
                 return out, grad
             meta, num_warps = picked
     else:
         meta = dict(meta, ONE_TILE=meta["BLOCK_C"] >= n_cols,
-                    C_TILES=0 if wide else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
+                    C_TILES=0 if wide or not need_grad else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
         num_warps = _fixed_warps(meta, dtype)
     args.update(meta)
     launch(_fused_kernel, grid(meta), args, num_warps, eager)
     return out, grad
 
 
-def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split, chunk, cap, dtype, eager,
+def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split, chunk, dtype, eager,
                map_alpha, map_beta, map_gamma, cb_log_beta, w_max):
     """Row statistics of each column chunk (and the batch-max key for by_batch) in their own pass."""
     n_rows, n_cols = labels.shape
@@ -302,13 +340,12 @@ def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split,
     block_n = max(1, tuning.STATS_TILE // block_c) if not INTERPRET else max(1, tiles.stats_block_c // block_c)
     stats = torch.empty((2, split, n_rows), dtype=dtype, device=labels.device)
     bmax = torch.full((1,), KEY_MIN, dtype=torch.int64, device=labels.device) if by_batch else stats
-    row_tiles = -(-n_rows // block_n)
     args = dict(y_ptr=labels, cp_ptr=table, stats_ptr=stats, bmax_ptr=bmax, N=n_rows, C=n_cols,
                 stride_y=labels.stride(0), chunk=chunk, map_alpha=map_alpha,
                 map_beta=map_beta, map_gamma=map_gamma, cb_log_beta=cb_log_beta, w_max=w_max,
                 REWEIGHT=reweight_mode, BATCH_MAX=by_batch, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown,
                 BLOCK_N=block_n, BLOCK_C=block_c)
-    launch(_stats_kernel, (min(row_tiles, max(1, cap // split)), split), args, tuning.STATS_WARPS, eager)
+    launch(_stats_kernel, Persistent(-(-n_rows // block_n), split), args, tuning.STATS_WARPS, eager)
     return stats, bmax
 
 
@@ -321,7 +358,7 @@ def scale_grad(grad, grad_output):
         return
     n = grad.numel()
     blocks = triton.cdiv(n, tuning.SCALE_BLOCK)
-    programs = min(blocks, 2 * max_programs(grad.device) if grad.is_cuda else 4)
+    programs = min(blocks, max_programs(grad.device) if grad.is_cuda else 4)
     iters = triton.cdiv(blocks, programs)
     launch(_scale_kernel, (programs,), dict(g_ptr=grad, go_ptr=grad_output, n=n, iters=iters,
                                             BLOCK=tuning.SCALE_BLOCK), 4, is_eager(grad))

@@ -59,8 +59,10 @@ def column_tiles(n_cols, widest):
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
 
-def row_configs(n_cols, per_thread=16):
-    """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C)."""
+def row_configs(n_cols, per_thread=16, unroll=True):
+    """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C). ``unroll``: unroll
+    the column tiles where C is a few of them (C_TILES); without gradient stores to pace them,
+    unrolled loads all hoist to the top and take every register, so the loss-only kernels loop."""
     configs = {}
     for b in column_tiles(n_cols, 1024)[-2:]:  # the two widest: fewest passes over a row
         for t, w in _ROW_TILES:
@@ -68,7 +70,8 @@ def row_configs(n_cols, per_thread=16):
             w = min(16, max(w, t // (32 * per_thread)))
             if t <= 16 * 32 * per_thread:
                 configs[(t // b, b, w)] = None
-    return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b)), w) for n, b, w in configs]
+    return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b) if unroll else 0), w)
+            for n, b, w in configs]
 
 
 MAX_UNROLL = 8
