@@ -242,19 +242,34 @@ def _key_float(key, CDT: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
-# One tile: loss (accumulated per lane) and gradient (stored).
+# One tile: loss (accumulated per lane) and gradient (stored). Grouped arguments:
+#   P = (z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, C, stride_z, stride_wn,
+#        stride_wc): where; rows64 clamped into [0, N) (loads need no row mask), rmask for stores
+#   R = (row, has_pos, rw, wa, wb): per-row weight terms, already over S, zero on rows past N
+#   S = (reb_c, sig_neg, inv_neg, gamma, gamma_s): scalar options in the compute dtype
+#   F = (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN):
+#       the constexpr flags (the compute dtype is the class table's)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, cols, c_end, C, stride_z,
-          stride_wn, stride_wc, row, has_pos, rw, wa, wb, reb_c, sig_neg, inv_neg, gamma, gamma_s,
-          CDT: tl.constexpr, REWEIGHT: tl.constexpr, LOGIT_REG: tl.constexpr, POW: tl.constexpr,
-          REDUCE_NONE: tl.constexpr, HAS_GRADIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-          HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr, MASK_C: tl.constexpr):
-    """Columns ``cols`` ([1, BLOCK_C]) of the tile's rows ``rows64`` (clamped into [0, N): loads need
-    no row mask; ``rmask`` masks the stores), labels given. ``wa``, ``wb``, ``rw``:
-    per-row weight terms (already over S, zero on rows past N): the element's weight over S is
-    sigmoid * wa + wb (rebalance), ``rw`` where the row has a positive else cb_j * wa (CB row
-    modes), cb_j * wa (class vector) or wa."""
+def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
+    """Columns ``cols`` ([1, BLOCK_C]; masked by c_end iff MASK_C) of the tile's rows; ``lab`` its
+    (y+, known) from _load_labels, or None to load them. The element's weight over S: sigmoid * wa
+    + wb (rebalance), ``rw`` where the row has a positive else cb_j * wa (CB row modes), cb_j * wa
+    (class vector) or wa."""
+    z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, C, stride_z, stride_wn, stride_wc = P
+    row, has_pos, rw, wa, wb = R
+    reb_c, sig_neg, inv_neg, gamma, gamma_s = S
+    # (indexing keeps the flags constexpr where unpacking would not; F is passed inline for the same reason)
+    REWEIGHT: tl.constexpr = F[0]
+    LOGIT_REG: tl.constexpr = F[1]
+    POW: tl.constexpr = F[2]
+    REDUCE_NONE: tl.constexpr = F[3]
+    HAS_GRADIENTS: tl.constexpr = F[4]
+    HAS_WEIGHT: tl.constexpr = F[5]
+    HARD_LABELS: tl.constexpr = F[6]
+    HAS_UNKNOWN: tl.constexpr = F[7]
+    CDT: tl.constexpr = cp_ptr.dtype.element_ty
+    BLOCK_N: tl.constexpr = rows64.shape[0]
     cmask = cols < c_end
     if MASK_C:
         lmask = cmask
@@ -262,6 +277,10 @@ def _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rma
     else:
         lmask = None
         mask = rmask
+    if lab is None:
+        pos, known = _load_labels(y_rows + cols, lmask, CDT, HARD_LABELS, HAS_UNKNOWN)
+    else:
+        pos, known = lab
     z = _ld(z_ptr + rows64 * stride_z + cols, lmask)
     if z.dtype == tl.bfloat16:
         z = _bf16_f32(z)
@@ -269,31 +288,32 @@ def _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rma
         z = z.to(CDT)
     # w: the element's re-weighting * normalisation * loss scale * aux[0], over S
     if REWEIGHT == _REBALANCE:  # alpha + sigmoid(beta (1/n_j / r_i - gamma)), the sigmoid in base 2
-        w = _sigmoid_bits(_col(cp_ptr, _ROW_REB_SLOPE, C, cols, cmask, MASK_C, rows64.shape[0]) * row + reb_c) * wa + wb
+        w = _sigmoid_bits(_col(cp_ptr, _ROW_REB_SLOPE, C, cols, cmask, MASK_C, BLOCK_N) * row + reb_c) * wa + wb
     elif REWEIGHT == _CLASS:
-        w = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, rows64.shape[0]) * wa
+        w = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, BLOCK_N) * wa
     elif REWEIGHT == _CB_AVG_W or REWEIGHT == _CB_AVG_N or REWEIGHT == _CB_MIN_N:
-        w = tl.where(has_pos, rw, _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, rows64.shape[0]) * wa)
+        w = tl.where(has_pos, rw, _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, BLOCK_N) * wa)
     else:
         w = tl.broadcast_to(wa, z.shape)
     if HAS_WEIGHT:
         wt = _ld(wt_ptr + rows64 * stride_wn + cols.to(tl.int64) * stride_wc, lmask)
         w = w * wt.to(CDT)
     if LOGIT_REG:
-        z = z + _col(cp_ptr, _ROW_BIAS, C, cols, cmask, MASK_C, rows64.shape[0])
+        z = z + _col(cp_ptr, _ROW_BIAS, C, cols, cmask, MASK_C, BLOCK_N)
     if HARD_LABELS:
         # xs = S x pushed the wrong way: -S x on positives, S lambda x on negatives (NTR scales the
         # negatives' logits by lambda and their weight by 1 / lambda); d/dz = -w dl/dx on
         # positives, w dl/dx on negatives: (w / S) times the same factor as xs.
         s_pos = tl.full(z.shape, -_LOG2E if CDT == tl.float32 else -1.0, CDT)
+        s_neg = tl.broadcast_to(sig_neg, z.shape)
         if HAS_UNKNOWN:
-            s = tl.where(pos, s_pos, sig_neg)
+            s = tl.where(pos, s_pos, s_neg)
             if LOGIT_REG:
                 w = tl.where(pos, w, w * inv_neg)
         elif LOGIT_REG:
-            s, w = _label_sigma_w(pos, s_pos, tl.broadcast_to(sig_neg, z.shape), w, tl.broadcast_to(inv_neg, z.shape))
+            s, w = _label_sigma_w(pos, s_pos, s_neg, w, tl.broadcast_to(inv_neg, z.shape))
         else:
-            s = _label_sigma(pos, s_pos, tl.broadcast_to(sig_neg, z.shape))
+            s = _label_sigma(pos, s_pos, s_neg)
         m, l, t = _bce_focal_bits(z * s, gamma, gamma_s, POW, HAS_GRADIENTS)
         mw = m * w
         loss = mw * l
@@ -327,6 +347,24 @@ def _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rma
 
 
 @triton.jit
+def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
+               C_TILES: tl.constexpr):
+    """Every column tile of the row tile in [c_begin, c_end): C_TILES > 0: exactly that many from 0,
+    unrolled (constant offsets, no masks); else a loop over the full tiles, then the masked tail."""
+    if C_TILES > 0:
+        for c in tl.static_range(C_TILES):
+            acc = _tile(acc, None, _columns(c * BLOCK_C, BLOCK_C, VEC), c_end, False, P, R, S, F)
+    else:
+        ALIGN: tl.constexpr = BLOCK_C if BLOCK_C < 16 else 16
+        c_full = c_begin + (c_end - c_begin) // BLOCK_C * BLOCK_C
+        for c0 in range(c_begin, c_full, BLOCK_C):
+            acc = _tile(acc, None, _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC), c_end, False, P, R, S, F)
+        if c_full < c_end:
+            acc = _tile(acc, None, _columns(c_full, BLOCK_C, VEC), c_end, True, P, R, S, F)
+    return acc
+
+
+@triton.jit
 def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, part_ptr, sync_ptr, out_ptr, grad_ptr,
                   N, C, stride_z, stride_y, stride_wn, stride_wc, chunk, stats_split,
                   map_alpha: "fp64", map_beta: "fp64", map_gamma: "fp64", cb_log_beta: "fp64",
@@ -343,25 +381,22 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     aux[0]) in ``part_ptr``, then takes a ticket; the last one adds the partials in index order,
     writes the loss and resets the counter for the next call (deterministic, no float atomics).
     ``stats_ptr``: row statistics from ``_stats_kernel`` (STATS_BUFFER: [A | B] x stats_split x N);
-    ``bmax_ptr``: its batch-max weight key (by_batch).
+    ``bmax_ptr``: its batch-max weight key (by_batch). ONE_TILE: the whole row is one tile
+    (BLOCK_C >= C), whose labels serve the statistics too.
     """
     CDT = cp_ptr.dtype.element_ty
     if y_ptr.dtype.element_ty == tl.int1:  # bool labels as their bytes
         y_ptr = y_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
     UNIT: tl.constexpr = 1.4426950408889634 if CDT == tl.float32 else 1.0
-    ALIGN: tl.constexpr = BLOCK_C if BLOCK_C < 16 else 16
     VEC: tl.constexpr = 128 // z_ptr.dtype.element_ty.primitive_bitwidth  # logits per 128-bit load
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_prog_r = tl.num_programs(0)
     alpha = _opt(map_alpha, CDT)
-    sig_neg = _opt(neg_scale * UNIT, CDT)
-    inv_neg = _opt(1.0 / neg_scale, CDT)
-    gamma_c = _opt(gamma, CDT)
-    gamma_s = _opt(gamma / UNIT, CDT)
     reb_c = _opt(map_beta * map_gamma * UNIT, CDT)
     reb_slope_max = _opt(-map_beta * UNIT * w_max, CDT)
     w_max_c = _opt(w_max, CDT)
+    S = (reb_c, _opt(neg_scale * UNIT, CDT), _opt(1.0 / neg_scale, CDT), _opt(gamma, CDT), _opt(gamma / UNIT, CDT))
     coef = _opt(scale / UNIT, CDT) * tl.load(aux_ptr)  # the reduction scale and 1/S ride on every weight
     if NORM == _NORM_BATCH:
         if STATS == _STATS_BUFFER:
@@ -371,22 +406,22 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     cb_lb = _opt(cb_log_beta, CDT)
     c_begin = pid_s * chunk
     c_end = tl.minimum(c_begin + chunk, C)
-    c_full = c_begin + (c_end - c_begin) // BLOCK_C * BLOCK_C
     acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
     for t in range(pid_r, tl.cdiv(N, BLOCK_N), n_prog_r):
         rows = t * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask1 = rows < N
         rows64 = tl.minimum(rows, N - 1).to(tl.int64)[:, None]  # rows past N re-read row N - 1
-        rmask = rmask1[:, None]
         y_rows = y_ptr + rows64 * stride_y
-        if ONE_TILE:  # the whole row in one tile: its labels serve the statistics too
+        P = (z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask1[:, None], C, stride_z, stride_wn,
+             stride_wc)
+        if ONE_TILE:
             cols = _columns(0, BLOCK_C, VEC)
-            pos, known = _load_labels(y_rows + cols, cols < C, CDT, HARD_LABELS, HAS_UNKNOWN)
+            lab = _load_labels(y_rows + cols, cols < C, CDT, HARD_LABELS, HAS_UNKNOWN)
         if STATS == _STATS_INLINE:
             if ONE_TILE:
                 A = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
-                A, B = _accumulate_stats(A, A, pos, cp_ptr, C, cols, cols < C, REWEIGHT, HARD_LABELS, HAS_UNKNOWN,
-                                         True)
+                A, B = _accumulate_stats(A, A, lab[0], cp_ptr, C, cols, cols < C, REWEIGHT, HARD_LABELS,
+                                         HAS_UNKNOWN, True)
                 A, B = _reduce_stats(A, B, REWEIGHT)
             elif C_TILES > 0:
                 A, B = _stats_pass(y_rows, cp_ptr, C, 0, C, CDT, REWEIGHT, HARD_LABELS, HAS_UNKNOWN, BLOCK_N,
@@ -415,44 +450,15 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
         else:
             wa = tl.zeros_like(A) + coef
         wa = tl.where(rmask1, wa, 0.0)  # rows past N weigh nothing: no mask on their losses
-        if REWEIGHT == _REBALANCE:
-            wb = wa * alpha
-        else:
-            wb = wa
-        rw = row * wa
-        row = row[:, None]
-        has_pos = has_pos[:, None]
-        rw = rw[:, None]
-        wa = wa[:, None]
-        wb = wb[:, None]
+        wb = wa * alpha if REWEIGHT == _REBALANCE else wa
+        R = (row[:, None], has_pos[:, None], (row * wa)[:, None], wa[:, None], wb[:, None])
         if ONE_TILE:
-            acc = _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, cols, C, C,
-                        stride_z, stride_wn, stride_wc, row, has_pos, rw, wa, wb, reb_c, sig_neg, inv_neg,
-                        gamma_c, gamma_s, CDT, REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT,
-                        HARD_LABELS, HAS_UNKNOWN, True)
-        elif C_TILES > 0:  # C = C_TILES * BLOCK_C: unrolled, unmasked, constant offsets
-            for c in tl.static_range(C_TILES):
-                cols = _columns(c * BLOCK_C, BLOCK_C, VEC)
-                pos, known = _load_labels(y_rows + cols, None, CDT, HARD_LABELS, HAS_UNKNOWN)
-                acc = _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, cols, C,
-                            C, stride_z, stride_wn, stride_wc, row, has_pos, rw, wa, wb, reb_c, sig_neg, inv_neg,
-                            gamma_c, gamma_s, CDT, REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
-                            HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN, False)
+            acc = _tile(acc, lab, cols, C, True, P, R, S, (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
+                                                             HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN))
         else:
-            for c0 in range(c_begin, c_full, BLOCK_C):  # interior tiles: no column mask
-                cols = _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC)
-                pos, known = _load_labels(y_rows + cols, None, CDT, HARD_LABELS, HAS_UNKNOWN)
-                acc = _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, cols, c_end,
-                            C, stride_z, stride_wn, stride_wc, row, has_pos, rw, wa, wb, reb_c, sig_neg, inv_neg,
-                            gamma_c, gamma_s, CDT, REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
-                            HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN, False)
-            if c_full < c_end:
-                cols = _columns(c_full, BLOCK_C, VEC)
-                pos, known = _load_labels(y_rows + cols, cols < c_end, CDT, HARD_LABELS, HAS_UNKNOWN)
-                acc = _tile(acc, pos, known, z_ptr, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, cols, c_end,
-                            C, stride_z, stride_wn, stride_wc, row, has_pos, rw, wa, wb, reb_c, sig_neg, inv_neg,
-                            gamma_c, gamma_s, CDT, REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
-                            HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN, True)
+            acc = _main_pass(acc, c_begin, c_end, P, R, S, (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
+                                                            HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN),
+                             BLOCK_C, VEC, C_TILES)
     if not REDUCE_NONE:
         n_prog = n_prog_r * tl.num_programs(1)
         tl.store(part_ptr + pid_s * n_prog_r + pid_r, tl.sum(tl.sum(acc, axis=1), axis=0))
