@@ -8,7 +8,7 @@ import itertools
 import torch
 
 from .._spec import REWEIGHT_REBALANCE
-from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, loop_configs, one_tile_max_c, per_thread, row_configs
+from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, loop_configs, one_tile_max_c, row_configs
 from ._math import POW_ANY, POW_NONE, POW_ONE, POW_TWO
 from .kernels import STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel
 from .launcher import labels_kind
@@ -58,7 +58,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
            f"-ntr{int(axes['LOGIT_REG'])}-pow{axes['POW']}-{'none' if axes['REDUCE_NONE'] else 'sum'}"
            f"-grad{int(axes['HAS_GRADIENTS'])}")
     for bc in block_cs:
-        configs = row_configs(bc, per_thread(zd), axes["HAS_GRADIENTS"])
+        configs = row_configs(bc, zd, axes["HAS_GRADIENTS"])
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1
@@ -67,7 +67,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
             yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{kind}{c['BLOCK_C']}-N{c['BLOCK_N']}-w{w}",
                              types, ce, w, main_path, _ALIGNED if bc % 16 == 0 else _ALIGNED[-1:])
     for st in ((STATS_INLINE, STATS_BUFFER) if needs else (STATS_NONE,)):
-        configs = loop_configs(per_thread(zd))
+        configs = loop_configs(zd)
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=st, **c)
             yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-N{c['BLOCK_N']}-B{c['BLOCK_C']}-w{w}", types, ce, w,

@@ -228,15 +228,14 @@ def workspace(device, dtype, n_partials, eager):
 def _plan(n_rows, n_cols, dtype, need_grad):
     """(configs or None, fixed meta or None, wide): the tile choices of this shape."""
     tiles = tuning.tiles
-    per_thread = tuning.per_thread(dtype)
     if n_cols <= tuning.one_tile_max_c(dtype):
         if tiles.row_tile_elems is None:
-            return tuning.row_configs(n_cols, per_thread, need_grad), None, False
+            return tuning.row_configs(n_cols, dtype, need_grad), None, False
         block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 1024)[-1]
         meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
         return None, meta, False
     if tiles.loop_block_c is None:
-        return tuning.loop_configs(per_thread), None, True
+        return tuning.loop_configs(dtype), None, True
     meta = dict(BLOCK_N=max(1, (tiles.loop_tile_elems or 2 * tiles.loop_block_c) // tiles.loop_block_c),
                 BLOCK_C=tiles.loop_block_c)
     return None, meta, True

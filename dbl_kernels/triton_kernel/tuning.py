@@ -24,12 +24,14 @@ CHUNK_ALIGN = 4096  # column-split chunks are multiples of every BLOCK_C, so til
 ONE_TILE_MAX_C = 4096  # above: the wide regime (2-4 rows per tile, column tiles up to 4096 wide)
 # Elements per thread per tile: 8 (one 128-bit bf16 load) or 16; more would cut occupancy or spill.
 _ROW_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))  # (TILE_ELEMS, num_warps) of narrow rows
-_WIDE_TILES = ((2, 1024, 4), (2, 2048, 8), (4, 1024, 8), (4, 2048, 16))  # (BLOCK_N, BLOCK_C, num_warps)
+# (BLOCK_N, BLOCK_C, num_warps) of wide rows, 8-16 elements per thread in at most 2 rows (more rows take
+# a row pointer each and cost instructions). 8 warps of 16 elements spill: ptxas caps them at 128
+# registers (two blocks per SM).
+_WIDE_TILES = ((2, 1024, 4), (4, 1024, 16), (4, 2048, 16))
 MAX_PADDING = 0.1  # column tiles may pad C by at most this share (C = 80: 16-wide tiles only)
 SCALE_BLOCK = 4096
 STATS_TILE = 2048
 STATS_WARPS = 4
-PROGRAMS_PER_SM = 16  # the persistent grid's cap (and the partial-sum buffer's size per SM)
 _KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIENTS", "HAS_WEIGHT", "HARD_LABELS",
         "HAS_UNKNOWN", "STATS"]
 
@@ -37,6 +39,11 @@ _KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIEN
 def per_thread(dtype):
     """Elements per thread the tiles may give without spilling (fp64 math takes ~4x the registers)."""
     return 2 if dtype == torch.float64 else 16
+
+
+def vec(dtype):
+    """Logits per 128-bit load: the columns a thread holds side by side (the kernels' VEC)."""
+    return 16 // dtype.itemsize
 
 
 def one_tile_max_c(dtype):
@@ -59,16 +66,18 @@ def column_tiles(n_cols, widest):
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
 
-def row_configs(n_cols, per_thread=16, unroll=True):
-    """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C). ``unroll``: unroll
-    the column tiles where C is a few of them (C_TILES); without gradient stores to pace them,
-    unrolled loads all hoist to the top and take every register, so the loss-only kernels loop."""
+def row_configs(n_cols, dtype, unroll=True):
+    """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C) for logits of
+    ``dtype``. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
+    gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
+    the loss-only kernels loop."""
+    pt = per_thread(dtype)
     configs = {}
     for b in column_tiles(n_cols, 1024)[-2:]:  # the two widest: fewest passes over a row
         for t, w in _ROW_TILES:
             t = max(t, b)
-            w = min(16, max(w, t // (32 * per_thread)))
-            if t <= 16 * 32 * per_thread:
+            w = min(16, max(w, t // (32 * pt)))
+            if t <= 16 * 32 * pt:
                 configs[(t // b, b, w)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b) if unroll else 0), w)
             for n, b, w in configs]
@@ -84,13 +93,16 @@ def c_tiles(n_cols, block_c):
     return k if rem == 0 and 1 < k <= MAX_UNROLL else 0
 
 
-def loop_configs(per_thread=16):
-    """[(constexprs, num_warps)] of the wide regime."""
+def loop_configs(dtype):
+    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype``."""
     configs = {}
     for n, b, w in _WIDE_TILES:
-        w = max(w, n * b // (32 * per_thread))
-        if w <= 16:
+        w = max(w, n * b // (32 * per_thread(dtype)))
+        rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
+        if w <= 16 and rows_per_thread <= 2:
             configs[(n, b, w)] = None
+    if not configs:  # fp64: one row of 2 elements per thread
+        configs[(1, 32 * 16 * per_thread(dtype), 16)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
 
