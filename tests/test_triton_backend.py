@@ -499,3 +499,47 @@ def test_fp64_matches_reference(rw, norm, ntr):
         weight = (torch.rand(7, 80, device=DEV, dtype=torch.float64) + 0.5) if use_weight else None
         _check(stats, z, y, weight, tol=1e-12, dtype=torch.float64, weight_norm=norm, reduction=reduction,
                **rw, **ntr, **focal)
+
+
+@pytest.mark.skipif(_INTERPRET, reason="compiled kernels exist on a GPU only")
+def test_direct_launch_after_first_call(monkeypatch):
+    """After its first call a specialisation launches its compiled kernel directly: neither the
+    JIT's argument binding nor the autotuner runs again."""
+    z, y = _inputs(64, 80, "uint8", seed=27)
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton", validate_labels=False)
+    leaf = z.float().requires_grad_(True)
+    loss_fn(leaf, y).backward()
+    from triton.runtime import Autotuner, JITFunction
+
+    calls = []
+    monkeypatch.setattr(JITFunction, "run", lambda self, *a, **k: calls.append(self) or pytest.fail("JIT run"))
+    monkeypatch.setattr(Autotuner, "run", lambda self, *a, **k: calls.append(self) or pytest.fail("autotuner"))
+    leaf = z.float().requires_grad_(True)
+    loss_fn(leaf, y).backward()
+    assert not calls
+
+
+@pytest.mark.skipif(_INTERPRET, reason="CUDA graphs need a GPU")
+def test_cuda_graph_capture():
+    """A captured forward + backward replays to the eager result (the graph gets its own workspace,
+    whose counter each replay leaves at 0)."""
+    z, y = _inputs(48, 80, "uint8", seed=28)
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton", validate_labels=False)
+    static_z = z.float().clone().requires_grad_(True)
+    want_loss, want_grad = _run("triton", COCO, z, y, validate_labels=False)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on the capture stream: compile, autotune, cache
+        for _ in range(2):
+            static_z.grad = None
+            loss_fn(static_z, y).backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    static_z.grad = None
+    with torch.cuda.graph(graph):
+        static_loss = loss_fn(static_z, y)
+        static_loss.backward()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_loss, want_loss) and torch.equal(static_z.grad, want_grad)

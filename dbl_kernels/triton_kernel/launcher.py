@@ -17,14 +17,13 @@ import triton
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
-from .._spec import INV_FREQ, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM
+from .._spec import INV_FREQ, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM, REWEIGHT_REBALANCE
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
 from ._math import INTERPRET, POW_ANY, POW_NONE, POW_ONE, POW_TWO, unit_scale
 from .kernels import (KEY_MIN, ROW_REB_SLOPE, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS,
                       _fused_kernel, _scale_kernel, _stats_kernel)
-from .._spec import REWEIGHT_REBALANCE
 
 
 def usable():
@@ -128,9 +127,19 @@ def launch(kernel, grid, args, num_warps, eager):
         (_wrap(kernel) if _wrap is not None and not eager else kernel)[grid](**args, num_warps=num_warps)
         return
     index = _device_index(device)
+    if index != torch.cuda.current_device():  # kernels load and launch on the current device
+        with torch.cuda.device(index):
+            _launch_compiled(kernel, grid, args, num_warps, device, index)
+    else:
+        _launch_compiled(kernel, grid, args, num_warps, device, index)
+
+
+def _launch_compiled(kernel, grid, args, num_warps, device, index):
+    """The compiled kernel of this specialisation (compiled on first sight without a launch: the
+    grid may depend on its registers), launched as the JIT would, minus its argument binding."""
     key = (kernel, index, num_warps, _specialisation(kernel, args))
     compiled = _COMPILED.get(key)
-    if compiled is None:  # compile without launching (the grid may depend on its registers)
+    if compiled is None:
         compiled = kernel.warmup(**args, grid=(1,), num_warps=num_warps)
         compiled._init_handles()
         _COMPILED[key] = compiled
@@ -178,18 +187,20 @@ def autotuned_meta(configs, key, grid, args, eager):
 _TABLES = WeakIdKeyDictionary()
 
 
-def kernel_table(class_params, reweight_mode, map_beta, eager):
+def kernel_table(class_params, reweight_mode, map_beta, cached):
     """The class table the kernels read: ``class_params``, plus for rebalance the row
-    ROW_REB_SLOPE = -map_beta * S / n_j, built once per class_params tensor (and version)."""
+    ROW_REB_SLOPE = -map_beta * S / n_j, built once per class_params tensor (and version) where
+    ``cached`` (eager, not capturing a CUDA graph)."""
     if reweight_mode != REWEIGHT_REBALANCE:
         return class_params
-    if eager:
+    cache = cached and not class_params.is_inference()  # inference tensors have no version counter
+    if cache:
         entry = _TABLES.get(class_params)
         if entry is not None and entry[0] == (class_params._version, map_beta):
             return entry[1]
     slope = class_params[INV_FREQ] * (-map_beta * unit_scale(class_params.dtype))
     table = torch.cat([class_params[:ROW_REB_SLOPE], slope[None]]).contiguous()
-    if eager:
+    if cache:
         _TABLES[class_params] = ((class_params._version, map_beta), table)
     return table
 
@@ -206,10 +217,11 @@ class _Workspace:
 _WORKSPACES = {}
 
 
-def workspace(device, dtype, n_partials, eager):
-    """The workspace of the current stream: cached in eager mode, fresh (and part of the graph)
-    under tracing or CUDA-graph capture, where cached memory would be shared between graphs."""
-    if not eager or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+def workspace(device, dtype, n_partials, cached):
+    """The workspace of the current stream: cached where ``cached`` (eager, not capturing), else
+    fresh and part of the graph (a CUDA graph's replays reset its counter; sharing cached memory
+    between graphs, or a graph and eager calls, would race)."""
+    if not cached:
         return _Workspace(device, dtype, n_partials)
     if device.type == "cuda":
         index = _device_index(device)
@@ -257,6 +269,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     dtype = compute_dtype(logits)
     device = logits.device
     eager = is_eager(logits)
+    cached = eager and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
     reduce_none = reduction == REDUCTION_NONE
     grad = (torch.empty((n_rows, n_cols), dtype=logits.dtype, device=device) if need_grad
             else logits.new_empty((0,)))
@@ -276,7 +289,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     hard, has_unknown = labels_kind(labels.dtype)
     needs_stats = reweight_mode in STATS_MODES
     by_batch = weight_norm == NORM_BATCH and needs_stats
-    table = kernel_table(class_params, reweight_mode, map_beta, eager)
+    table = kernel_table(class_params, reweight_mode, map_beta, cached)
     configs, meta, wide = _plan(n_rows, n_cols, dtype, need_grad)
     tiles = tuning.tiles
     split, chunk = 1, n_cols
@@ -293,7 +306,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode)
-    ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), eager)
+    ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), cached)
     out = (torch.empty((n_rows, n_cols), dtype=dtype, device=device) if reduce_none
            else torch.empty((), dtype=dtype, device=device))
     stats, bmax, stats_split = ws.partials, ws.sync, split
