@@ -420,8 +420,11 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     cb_lb = _opt(cb_log_beta, CDT)
     c_begin = pid_s * chunk
     c_end = tl.minimum(c_begin + chunk, C)
-    acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
+    # the loss: per lane within a row tile, then per VEC lanes across tiles (a per-lane accumulator
+    # live through the persistent loop would hold BLOCK_N * BLOCK_C / threads registers all along)
+    acc_rows = tl.zeros([BLOCK_N, BLOCK_C // VEC], dtype=CDT)
     for t in range(pid_r, tl.cdiv(N, BLOCK_N), n_prog_r):
+        acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
         rows = t * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask1 = rows < N
         rows64 = tl.minimum(rows, N - 1).to(tl.int64)[:, None]  # rows past N re-read row N - 1
@@ -473,9 +476,11 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
             acc = _main_pass(acc, c_begin, c_end, P, R, S, (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
                                                             HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN),
                              BLOCK_C, VEC, C_TILES)
+        if not REDUCE_NONE:  # each thread adds its own VEC lanes: no data leaves the thread
+            acc_rows += tl.sum(tl.reshape(acc, [BLOCK_N, BLOCK_C // VEC, VEC]), axis=2)
     if not REDUCE_NONE:
         n_prog = n_prog_r * tl.num_programs(1)
-        tl.store(part_ptr + pid_s * n_prog_r + pid_r, tl.sum(tl.sum(acc, axis=1), axis=0))
+        tl.store(part_ptr + pid_s * n_prog_r + pid_r, tl.sum(tl.sum(acc_rows, axis=1), axis=0))
         tl.debug_barrier()  # every thread's store before the ticket (the atomic releases them)
         ticket = tl.atomic_add(sync_ptr, 1)
         if ticket == n_prog - 1:  # the last program: every partial is visible (acquire)

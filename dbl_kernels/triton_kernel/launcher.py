@@ -254,8 +254,8 @@ def _plan(n_rows, n_cols, dtype, need_grad):
 
 
 def _fixed_warps(meta, dtype):
-    """Enough warps for <= 16 (fp64: 2) elements per thread."""
-    return min(16, max(4, meta["BLOCK_N"] * meta["BLOCK_C"] // (32 * tuning.per_thread(dtype))))
+    """Enough warps for <= 16 (fp64: 4) elements per thread."""
+    return min(tuning.max_warps(dtype), max(4, meta["BLOCK_N"] * meta["BLOCK_C"] // (32 * tuning.per_thread(dtype))))
 
 
 def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor], class_params: torch.Tensor,

@@ -30,7 +30,7 @@ _ROW_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))  # (TILE_ELEMS, num_wa
 _WIDE_TILES = ((2, 1024, 4), (4, 1024, 16), (4, 2048, 16))
 MAX_PADDING = 0.1  # column tiles may pad C by at most this share (C = 80: 16-wide tiles only)
 SCALE_BLOCK = 4096
-STATS_TILE = 2048
+STATS_TILE = 1024
 STATS_WARPS = 4
 _KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIENTS", "HAS_WEIGHT", "HARD_LABELS",
         "HAS_UNKNOWN", "STATS"]
@@ -38,7 +38,12 @@ _KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIEN
 
 def per_thread(dtype):
     """Elements per thread the tiles may give without spilling (fp64 math takes ~4x the registers)."""
-    return 2 if dtype == torch.float64 else 16
+    return 4 if dtype == torch.float64 else 16
+
+
+def max_warps(dtype):
+    """fp64 needs more than the 128 registers per thread a 16-warp block leaves."""
+    return 8 if dtype == torch.float64 else 16
 
 
 def vec(dtype):
@@ -48,7 +53,7 @@ def vec(dtype):
 
 def one_tile_max_c(dtype):
     """The widest rows of the narrow-row regime (many rows per tile)."""
-    return min(tiles.one_tile_max_c, 16 * 32 * per_thread(dtype))
+    return min(tiles.one_tile_max_c, max_warps(dtype) * 32 * per_thread(dtype))
 
 
 def _padding(n_cols, block_c):
@@ -71,26 +76,27 @@ def row_configs(n_cols, dtype, unroll=True):
     ``dtype``. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
     gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
     the loss-only kernels loop."""
-    pt = per_thread(dtype)
+    pt, most = per_thread(dtype), max_warps(dtype)
     configs = {}
     for b in column_tiles(n_cols, 1024)[-2:]:  # the two widest: fewest passes over a row
         for t, w in _ROW_TILES:
             t = max(t, b)
-            w = min(16, max(w, t // (32 * pt)))
-            if t <= 16 * 32 * pt:
+            w = max(w, t // (32 * pt))
+            if w <= most and t <= most * 32 * pt:
                 configs[(t // b, b, w)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b) if unroll else 0), w)
             for n, b, w in configs]
 
 
 MAX_UNROLL = 8
+MAX_UNROLL_C = 256
 
 
 def c_tiles(n_cols, block_c):
-    """C_TILES of _fused_kernel: the number of column tiles when C is a small multiple of BLOCK_C
-    (the column loop is then unrolled, with constant offsets), else 0."""
+    """C_TILES of _fused_kernel: the number of column tiles when C (at most MAX_UNROLL_C) is a few
+    BLOCK_C (the column loop is then unrolled, with constant offsets), else 0."""
     k, rem = divmod(n_cols, block_c)
-    return k if rem == 0 and 1 < k <= MAX_UNROLL else 0
+    return k if rem == 0 and 1 < k <= MAX_UNROLL and n_cols <= MAX_UNROLL_C else 0
 
 
 def loop_configs(dtype):
@@ -99,10 +105,10 @@ def loop_configs(dtype):
     for n, b, w in _WIDE_TILES:
         w = max(w, n * b // (32 * per_thread(dtype)))
         rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
-        if w <= 16 and rows_per_thread <= 2:
+        if w <= max_warps(dtype) and rows_per_thread <= 2:
             configs[(n, b, w)] = None
-    if not configs:  # fp64: one row of 2 elements per thread
-        configs[(1, 32 * 16 * per_thread(dtype), 16)] = None
+    if not configs:  # fp64: one row, 4 elements per thread
+        configs[(1, 32 * max_warps(dtype) * per_thread(dtype), max_warps(dtype))] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
 
