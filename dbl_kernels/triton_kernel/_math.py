@@ -5,7 +5,8 @@ terms, in the forms each backend evaluates fastest.
 
 Units. fp32 works in base 2: the hardware has ex2 / lg2 (one MUFU op each), not exp / log, so
 logits enter scaled by S = log2(e) and losses leave in bits (S * nats); the kernels fold 1 / S
-into the weights. fp64 keeps S = 1 and the exact library functions. ``_S`` gives S for a dtype.
+into the weights. fp64 keeps S = 1 and the exact library functions. ``unit_scale`` gives S for a
+compute dtype.
 """
 from __future__ import annotations
 
@@ -303,12 +304,13 @@ def _bce_focal_bits(xs, gamma, gamma_s, POW: tl.constexpr, HAS_GRADIENTS: tl.con
     whose product, the gradient, needs no division by u and stays finite at saturation for every
     g >= 0; ``gamma_s`` is g / S (the gradient is in natural units). Plain BCE: m = 1, t = u.
     """
+    # min / max that keep a NaN logit NaN (the plain ones return the other operand)
     if xs.dtype == tl.float64:
-        E = _exp(tl.minimum(xs, _XS_MAX64))
+        E = _exp(tl.minimum(xs, _XS_MAX64, propagate_nan=tl.PropagateNan.ALL))
     else:
-        E = _fast_ex2(tl.minimum(xs, _XS_MAX32))
+        E = _fast_ex2(tl.minimum(xs, _XS_MAX32, propagate_nan=tl.PropagateNan.ALL))
     q = 1.0 + E
-    l = tl.maximum(_log1p_bits(E, q), xs)
+    l = tl.maximum(_log1p_bits(E, q), xs, propagate_nan=tl.PropagateNan.ALL)
     p_t = _rcp(q)
     u = E * p_t
     if POW == _POW_NONE:
