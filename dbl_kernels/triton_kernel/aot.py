@@ -8,9 +8,10 @@ import itertools
 import torch
 
 from .._spec import REWEIGHT_REBALANCE
-from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, loop_configs, one_tile_max_c, row_configs
+from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, light, loop_configs, one_tile_max_c, row_configs
 from ._math import POW_ANY, POW_NONE, POW_ONE, POW_TWO
-from .kernels import STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel
+from .kernels import (OPTIONS, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel,
+                      _stats_kernel)
 from .launcher import labels_kind
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
@@ -26,7 +27,7 @@ _AXES = dict(REWEIGHT=tuple(range(6)), NORM=(0, 1, 2), LOGIT_REG=(False, True),
 _MAIN = dict(REWEIGHT=REWEIGHT_REBALANCE, NORM=0, LOGIT_REG=True, POW=POW_TWO, REDUCE_NONE=False,
              HAS_GRADIENTS=True)
 _INTS = ("N", "C", "stride_z", "stride_y", "stride_wn", "stride_wc", "chunk", "stats_split")
-_FLOATS = ("map_alpha", "map_beta", "map_gamma", "cb_log_beta", "neg_scale", "gamma", "scale", "w_max")
+_FLOATS = OPTIONS
 _ALIGNED = ("C", "stride_z", "stride_y", "chunk")  # what the runtime sees for C % 16 == 0, contiguous rows
 
 
@@ -50,7 +51,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
     cd = torch.float64 if zd == torch.float64 else torch.float32
     types = dict(z_ptr=_PTR[zd], y_ptr=_PTR[yd], wt_ptr=_PTR[wd or cd], cp_ptr=_PTR[cd], aux_ptr=_PTR[cd],
                  stats_ptr=_PTR[cd], bmax_ptr="*i64", part_ptr=_PTR[cd], sync_ptr="*i64", out_ptr=_PTR[cd],
-                 grad_ptr=_PTR[zd], **{n: "i32" for n in _INTS}, **{n: "fp64" for n in _FLOATS})
+                 grad_ptr=_PTR[zd], **{n: "i32" for n in _INTS}, **{n: "fp32" for n in _FLOATS})
     hard, unknown = labels_kind(yd)
     base = dict(axes, HAS_WEIGHT=wd is not None, HARD_LABELS=hard, HAS_UNKNOWN=unknown)
     needs = axes["REWEIGHT"] in STATS_MODES
@@ -58,7 +59,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
            f"-ntr{int(axes['LOGIT_REG'])}-pow{axes['POW']}-{'none' if axes['REDUCE_NONE'] else 'sum'}"
            f"-grad{int(axes['HAS_GRADIENTS'])}")
     for bc in block_cs:
-        configs = row_configs(bc, zd, axes["HAS_GRADIENTS"])
+        configs = row_configs(bc, zd, axes["HAS_GRADIENTS"], light(yd, wd is not None))
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1
@@ -67,7 +68,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, main_path):
             yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{kind}{c['BLOCK_C']}-N{c['BLOCK_N']}-w{w}",
                              types, ce, w, main_path, _ALIGNED if bc % 16 == 0 else _ALIGNED[-1:])
     for st in ((STATS_INLINE, STATS_BUFFER) if needs else (STATS_NONE,)):
-        configs = loop_configs(zd)
+        configs = loop_configs(zd, light(yd, wd is not None))
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=st, **c)
             yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-N{c['BLOCK_N']}-B{c['BLOCK_C']}-w{w}", types, ce, w,
@@ -112,8 +113,7 @@ def specialisations(quick=False, exhaustive=False):
         for rw in (STATS_MODES if not quick else (REWEIGHT_REBALANCE,)):
             hard, unknown = labels_kind(yd)
             types = dict(y_ptr=_PTR[yd], cp_ptr=_PTR[cd], stats_ptr=_PTR[cd], bmax_ptr="*i64", N="i32", C="i32",
-                         stride_y="i32", chunk="i32", map_alpha="fp64", map_beta="fp64", map_gamma="fp64",
-                         cb_log_beta="fp64", w_max="fp64")
+                         stride_y="i32", chunk="i32", **{n: "fp32" for n in _FLOATS})
             ce = dict(REWEIGHT=rw, BATCH_MAX=True, HARD_LABELS=hard, HAS_UNKNOWN=unknown, BLOCK_N=1,
                       BLOCK_C=STATS_TILE)
             yield _spec_dict(_stats_kernel, f"stats-{_short(yd)}-{_short(cd)}-rw{rw}", types, ce, STATS_WARPS,

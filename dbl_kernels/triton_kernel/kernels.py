@@ -12,8 +12,8 @@ import triton.language as tl
 
 from .._spec import (BIAS, CLASS_W, FREQ, INV_FREQ, NORM_BATCH, NORM_INSTANCE, REWEIGHT_CB_AVG_N,
                      REWEIGHT_CB_AVG_W, REWEIGHT_CB_MIN_N, REWEIGHT_CLASS, REWEIGHT_REBALANCE)
-from ._math import (_LOG2E, _bce_focal_bits, _bce_focal_soft, _bf16_f32, _expm1, _label_add, _label_sigma,
-                    _label_sigma_w, _sigmoid_bits)
+from ._math import (INTERPRET, _LOG2E, _bce_focal_bits, _bce_focal_soft, _bf16_f32, _expm1, _label_add,
+                    _label_sigma, _label_sigma_w, _sigmoid_bits)
 
 # Kernel-visible constants (Triton only reads globals that are constexpr).
 _REBALANCE = tl.constexpr(REWEIGHT_REBALANCE)
@@ -27,10 +27,19 @@ _ROW_INV = tl.constexpr(INV_FREQ)
 _ROW_CLASS_W = tl.constexpr(CLASS_W)
 _ROW_FREQ = tl.constexpr(FREQ)
 _ROW_BIAS = tl.constexpr(BIAS)
-# The launcher's extra table row (``launcher.kernel_table``): -map_beta * S / n_j, the rebalance
-# sigmoid's per-class slope, so the weight costs one FMA before its ex2.
+# The launcher's kernel table (``launcher.kernel_table``): the 4 rows of class_params, a fifth,
+# -map_beta * S / n_j (the rebalance sigmoid's per-class slope: one FMA before its ex2), then the
+# scalar options (OPTIONS, host float64 values) for fp64 kernels.
 ROW_REB_SLOPE = 4
+TABLE_ROWS = 5
 _ROW_REB_SLOPE = tl.constexpr(ROW_REB_SLOPE)
+_TABLE_ROWS = tl.constexpr(TABLE_ROWS)
+# The scalar options, derived on the host in float64 (S: see _math): map_alpha, map_beta *
+# map_gamma * S, -map_beta * S * w_max, w_max, lambda * S, 1 / lambda, gamma, gamma / S, scale / S,
+# log(cb_beta).
+OPTIONS = ("alpha", "reb_c", "reb_slope_max", "w_max", "sig_neg", "inv_neg", "gamma", "gamma_s", "coef_s",
+           "cb_log_beta")
+_INTERPRETED = tl.constexpr(INTERPRET)
 
 # STATS: where the row statistics come from.
 STATS_NONE, STATS_INLINE, STATS_BUFFER = 0, 1, 2
@@ -46,9 +55,26 @@ SUM_BLOCK = tl.constexpr(1024)  # the last program adds the partials this many a
 
 
 @triton.jit
-def _opt(x, CDT: tl.constexpr):
-    """A float64 option (a plain Python float under the interpreter) rounded to the compute dtype."""
-    return (x + tl.zeros([], dtype=tl.float64)).to(CDT)
+def _f32(x):
+    """An fp32 kernel argument (a plain Python float under the interpreter) as an fp32 scalar."""
+    if _INTERPRETED:
+        return tl.full([], x, tl.float32)
+    else:
+        return x
+
+
+@triton.jit
+def _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta):
+    """The scalar options (OPTIONS) in the compute dtype. fp32 kernels take their fp32 arguments,
+    which instructions read straight from the constant bank (no register held through the row
+    loop); fp64 kernels read the float64 values at the end of the class table."""
+    if cp_ptr.dtype.element_ty == tl.float64:
+        o = cp_ptr + _TABLE_ROWS * C
+        return (tl.load(o), tl.load(o + 1), tl.load(o + 2), tl.load(o + 3), tl.load(o + 4), tl.load(o + 5),
+                tl.load(o + 6), tl.load(o + 7), tl.load(o + 8), tl.load(o + 9))
+    else:
+        return (_f32(alpha), _f32(reb_c), _f32(reb_slope_max), _f32(w_max), _f32(sig_neg), _f32(inv_neg),
+                _f32(gamma), _f32(gamma_s), _f32(coef_s), _f32(cb_log_beta))
 
 
 @triton.jit
@@ -381,8 +407,7 @@ def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.c
 @triton.jit
 def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, part_ptr, sync_ptr, out_ptr, grad_ptr,
                   N, C, stride_z, stride_y, stride_wn, stride_wc, chunk, stats_split,
-                  map_alpha: "fp64", map_beta: "fp64", map_gamma: "fp64", cb_log_beta: "fp64",
-                  neg_scale: "fp64", gamma: "fp64", scale: "fp64", w_max: "fp64",
+                  alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta,
                   REWEIGHT: tl.constexpr, NORM: tl.constexpr, LOGIT_REG: tl.constexpr, POW: tl.constexpr,
                   REDUCE_NONE: tl.constexpr, HAS_GRADIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                   HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr, STATS: tl.constexpr,
@@ -390,7 +415,7 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     """Row tiles pid0, pid0 + grid0, ... of BLOCK_N rows x columns [pid1 * chunk, +chunk): loss and
     gradient.
 
-    The float options come in float64 and are rounded once to the compute dtype. ``out_ptr``: the
+    The scalar options: see OPTIONS and _options. ``out_ptr``: the
     N x C loss ("none") or the 0-d sum. The sum: every program stores its partial (already times
     aux[0]) in ``part_ptr``, then takes a ticket; the last one adds the partials in index order,
     writes the loss and resets the counter for the next call (deterministic, no float atomics).
@@ -401,28 +426,24 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     CDT = cp_ptr.dtype.element_ty
     if y_ptr.dtype.element_ty == tl.int1:  # bool labels as their bytes
         y_ptr = y_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
-    UNIT: tl.constexpr = 1.4426950408889634 if CDT == tl.float32 else 1.0
     VEC: tl.constexpr = 128 // z_ptr.dtype.element_ty.primitive_bitwidth  # logits per 128-bit load
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
     n_prog_r = tl.num_programs(0)
-    alpha = _opt(map_alpha, CDT)
-    reb_c = _opt(map_beta * map_gamma * UNIT, CDT)
-    reb_slope_max = _opt(-map_beta * UNIT * w_max, CDT)
-    w_max_c = _opt(w_max, CDT)
-    S = (reb_c, _opt(neg_scale * UNIT, CDT), _opt(1.0 / neg_scale, CDT), _opt(gamma, CDT), _opt(gamma / UNIT, CDT))
-    coef = _opt(scale / UNIT, CDT) * tl.load(aux_ptr)  # the reduction scale and 1/S ride on every weight
+    o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
+                 cb_log_beta)
+    coef = o[8] * tl.load(aux_ptr)  # the reduction scale and 1/S ride on every weight
     if NORM == _NORM_BATCH:
         if STATS == _STATS_BUFFER:
             coef = coef / _key_float(tl.load(bmax_ptr), CDT)
         else:  # the class vector's or the unit weight's max: known on the host
-            coef = coef / _row_max_weight(coef, coef > 0, alpha, reb_c, reb_slope_max, w_max_c, REWEIGHT)
-    cb_lb = _opt(cb_log_beta, CDT)
+            coef = coef / _row_max_weight(coef, coef > 0, o[0], o[1], o[2], o[3], REWEIGHT)
     c_begin = pid_s * chunk
     c_end = tl.minimum(c_begin + chunk, C)
     # the loss: per lane within a row tile, then per VEC lanes across tiles (a per-lane accumulator
     # live through the persistent loop would hold BLOCK_N * BLOCK_C / threads registers all along)
-    acc_rows = tl.zeros([BLOCK_N, BLOCK_C // VEC], dtype=CDT)
+    VA: tl.constexpr = VEC if VEC < BLOCK_C else BLOCK_C  # the lanes a thread holds side by side
+    acc_rows = tl.zeros([BLOCK_N, BLOCK_C // VA], dtype=CDT)
     for t in range(pid_r, tl.cdiv(N, BLOCK_N), n_prog_r):
         acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
         rows = t * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -461,23 +482,27 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
         else:
             A = tl.zeros([BLOCK_N], dtype=CDT)
             B = A
-        row, has_pos = _row_value(A, B, cb_lb, REWEIGHT)
+        # the options again inside the loop: fp64 reloads them per row tile instead of holding 20
+        # registers through it (fp32: the same kernel arguments, no instruction)
+        o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
+                     cb_log_beta)
+        row, has_pos = _row_value(A, B, o[9], REWEIGHT)
         if NORM == _NORM_INSTANCE:
-            wa = coef / _row_max_weight(row, has_pos, alpha, reb_c, reb_slope_max, w_max_c, REWEIGHT)
+            wa = coef / _row_max_weight(row, has_pos, o[0], o[1], o[2], o[3], REWEIGHT)
         else:
             wa = tl.zeros_like(A) + coef
         wa = tl.where(rmask1, wa, 0.0)  # rows past N weigh nothing: no mask on their losses
-        wb = wa * alpha if REWEIGHT == _REBALANCE else wa
+        wb = wa * o[0] if REWEIGHT == _REBALANCE else wa
         R = (row[:, None], has_pos[:, None], (row * wa)[:, None], wa[:, None], wb[:, None])
         if ONE_TILE:
-            acc = _tile(acc, lab, cols, C, True, P, R, S, (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
-                                                             HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN))
+            acc = _tile(acc, lab, cols, C, True, P, R, (o[1], o[4], o[5], o[6], o[7]),
+                        (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN))
         else:
-            acc = _main_pass(acc, c_begin, c_end, P, R, S, (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS,
-                                                            HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN),
-                             BLOCK_C, VEC, C_TILES)
+            acc = _main_pass(acc, c_begin, c_end, P, R, (o[1], o[4], o[5], o[6], o[7]),
+                             (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS,
+                              HAS_UNKNOWN), BLOCK_C, VEC, C_TILES)
         if not REDUCE_NONE:  # each thread adds its own VEC lanes: no data leaves the thread
-            acc_rows += tl.sum(tl.reshape(acc, [BLOCK_N, BLOCK_C // VEC, VEC]), axis=2)
+            acc_rows += tl.sum(tl.reshape(acc, [BLOCK_N, BLOCK_C // VA, VA]), axis=2)
     if not REDUCE_NONE:
         n_prog = n_prog_r * tl.num_programs(1)
         tl.store(part_ptr + pid_s * n_prog_r + pid_r, tl.sum(tl.sum(acc_rows, axis=1), axis=0))
@@ -494,7 +519,7 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
 
 @triton.jit
 def _stats_kernel(y_ptr, cp_ptr, stats_ptr, bmax_ptr, N, C, stride_y, chunk,
-                  map_alpha: "fp64", map_beta: "fp64", map_gamma: "fp64", cb_log_beta: "fp64", w_max: "fp64",
+                  alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta,
                   REWEIGHT: tl.constexpr, BATCH_MAX: tl.constexpr, HARD_LABELS: tl.constexpr,
                   HAS_UNKNOWN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Row statistics of BLOCK_N rows over one column chunk: stats[0 | 1, chunk, row]. BATCH_MAX
@@ -503,7 +528,6 @@ def _stats_kernel(y_ptr, cp_ptr, stats_ptr, bmax_ptr, N, C, stride_y, chunk,
     CDT = stats_ptr.dtype.element_ty
     if y_ptr.dtype.element_ty == tl.int1:  # bool labels as their bytes
         y_ptr = y_ptr.to(tl.pointer_type(tl.uint8), bitcast=True)
-    UNIT: tl.constexpr = 1.4426950408889634 if CDT == tl.float32 else 1.0
     pid_s = tl.program_id(1)
     n_split = tl.num_programs(1)
     c_begin = pid_s * chunk
@@ -518,9 +542,10 @@ def _stats_kernel(y_ptr, cp_ptr, stats_ptr, bmax_ptr, N, C, stride_y, chunk,
         tl.store(stats_ptr + pid_s * N + rows, A, mask=rmask1)
         tl.store(stats_ptr + (n_split + pid_s) * N + rows, B, mask=rmask1)
         if BATCH_MAX:
-            row, has_pos = _row_value(A, B, _opt(cb_log_beta, CDT), REWEIGHT)
-            m = _row_max_weight(row, has_pos, _opt(map_alpha, CDT), _opt(map_beta * map_gamma * UNIT, CDT),
-                                _opt(-map_beta * UNIT * w_max, CDT), _opt(w_max, CDT), REWEIGHT)
+            o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
+                         cb_log_beta)
+            row, has_pos = _row_value(A, B, o[9], REWEIGHT)
+            m = _row_max_weight(row, has_pos, o[0], o[1], o[2], o[3], REWEIGHT)
             best = tl.maximum(best, tl.where(rmask1, m, float("-inf")))
     if BATCH_MAX:
         tl.atomic_max(bmax_ptr, _float_key(tl.max(best, axis=0)))

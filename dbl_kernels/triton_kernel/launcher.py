@@ -17,12 +17,12 @@ import triton
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
-from .._spec import INV_FREQ, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM, REWEIGHT_REBALANCE
+from .._spec import INV_FREQ, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
 from ._math import INTERPRET, POW_ANY, POW_NONE, POW_ONE, POW_TWO, unit_scale
-from .kernels import (KEY_MIN, ROW_REB_SLOPE, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS,
+from .kernels import (KEY_MIN, OPTIONS, ROW_REB_SLOPE, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS,
                       _fused_kernel, _scale_kernel, _stats_kernel)
 
 
@@ -187,21 +187,29 @@ def autotuned_meta(configs, key, grid, args, eager):
 _TABLES = WeakIdKeyDictionary()
 
 
-def kernel_table(class_params, reweight_mode, map_beta, cached):
-    """The class table the kernels read: ``class_params``, plus for rebalance the row
-    ROW_REB_SLOPE = -map_beta * S / n_j, built once per class_params tensor (and version) where
-    ``cached`` (eager, not capturing a CUDA graph)."""
-    if reweight_mode != REWEIGHT_REBALANCE:
-        return class_params
-    cache = cached and not class_params.is_inference()  # inference tensors have no version counter
-    if cache:
+def options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max):
+    """The kernels' scalar options (kernels.OPTIONS), derived in float64."""
+    unit = unit_scale(dtype)
+    return (map_alpha, map_beta * map_gamma * unit, -map_beta * unit * w_max, w_max, neg_scale * unit,
+            1.0 / neg_scale, gamma, gamma / unit, scale / unit, cb_log_beta)
+
+
+def kernel_table(class_params, opts, map_beta, cached):
+    """The class table the kernels read (kernels.TABLE_ROWS rows of C, then the options ``opts``):
+    built once per class_params tensor, version and options where ``cached`` (eager, not capturing
+    a CUDA graph); a table cached before a capture serves it too."""
+    cache = not class_params.is_inference()  # inference tensors have no version counter
+    if cache and (cached or is_eager(class_params)):
         entry = _TABLES.get(class_params)
-        if entry is not None and entry[0] == (class_params._version, map_beta):
+        if entry is not None and entry[0] == (class_params._version, opts):
             return entry[1]
     slope = class_params[INV_FREQ] * (-map_beta * unit_scale(class_params.dtype))
-    table = torch.cat([class_params[:ROW_REB_SLOPE], slope[None]]).contiguous()
-    if cache:
-        _TABLES[class_params] = ((class_params._version, map_beta), table)
+    tail = torch.empty((len(opts),), dtype=class_params.dtype, device=class_params.device)
+    for k, value in enumerate(opts):  # fills, not a host-to-device copy: capturable
+        tail[k] = value
+    table = torch.cat([class_params[:ROW_REB_SLOPE].reshape(-1), slope, tail])
+    if cache and cached:
+        _TABLES[class_params] = ((class_params._version, opts), table)
     return table
 
 
@@ -237,17 +245,17 @@ def workspace(device, dtype, n_partials, cached):
 # ---------------------------------------------------------------------------------------------
 # The op.
 # ---------------------------------------------------------------------------------------------
-def _plan(n_rows, n_cols, dtype, need_grad):
+def _plan(n_rows, n_cols, dtype, need_grad, light):
     """(configs or None, fixed meta or None, wide): the tile choices of this shape."""
     tiles = tuning.tiles
     if n_cols <= tuning.one_tile_max_c(dtype):
         if tiles.row_tile_elems is None:
-            return tuning.row_configs(n_cols, dtype, need_grad), None, False
+            return tuning.row_configs(n_cols, dtype, need_grad, light), None, False
         block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 1024)[-1]
         meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
         return None, meta, False
     if tiles.loop_block_c is None:
-        return tuning.loop_configs(dtype), None, True
+        return tuning.loop_configs(dtype, light), None, True
     meta = dict(BLOCK_N=max(1, (tiles.loop_tile_elems or 2 * tiles.loop_block_c) // tiles.loop_block_c),
                 BLOCK_C=tiles.loop_block_c)
     return None, meta, True
@@ -289,8 +297,9 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     hard, has_unknown = labels_kind(labels.dtype)
     needs_stats = reweight_mode in STATS_MODES
     by_batch = weight_norm == NORM_BATCH and needs_stats
-    table = kernel_table(class_params, reweight_mode, map_beta, cached)
-    configs, meta, wide = _plan(n_rows, n_cols, dtype, need_grad)
+    opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max)
+    table = kernel_table(class_params, opts, map_beta, cached)
+    configs, meta, wide = _plan(n_rows, n_cols, dtype, need_grad, tuning.light(labels.dtype, weight is not None))
     tiles = tuning.tiles
     split, chunk = 1, n_cols
     if wide:  # too few row tiles to fill the GPU: split the columns too
@@ -313,14 +322,11 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     if stats_mode == STATS_BUFFER:
         stats_split = 1 if by_batch else split
         stats, bmax = _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, stats_split,
-                                 chunk if stats_split > 1 else n_cols, dtype, eager,
-                                 map_alpha, map_beta, map_gamma, cb_log_beta, w_max)
+                                 chunk if stats_split > 1 else n_cols, dtype, eager, opts)
     args = dict(z_ptr=logits, y_ptr=labels, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
                 part_ptr=ws.partials, sync_ptr=ws.sync, out_ptr=out, grad_ptr=grad, N=n_rows, C=n_cols,
                 stride_z=logits.stride(0), stride_y=labels.stride(0), stride_wn=stride_wn, stride_wc=stride_wc,
-                chunk=chunk, stats_split=stats_split, map_alpha=map_alpha, map_beta=map_beta,
-                map_gamma=map_gamma, cb_log_beta=cb_log_beta, neg_scale=neg_scale, gamma=gamma, scale=scale,
-                w_max=w_max, **consts)
+                chunk=chunk, stats_split=stats_split, **dict(zip(OPTIONS, opts)), **consts)
 
     def grid(meta):
         return Persistent(-(-n_rows // meta["BLOCK_N"]), split)
@@ -343,8 +349,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     return out, grad
 
 
-def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split, chunk, dtype, eager,
-               map_alpha, map_beta, map_gamma, cb_log_beta, w_max):
+def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split, chunk, dtype, eager, opts):
     """Row statistics of each column chunk (and the batch-max key for by_batch) in their own pass."""
     n_rows, n_cols = labels.shape
     tiles = tuning.tiles
@@ -353,8 +358,7 @@ def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split,
     stats = torch.empty((2, split, n_rows), dtype=dtype, device=labels.device)
     bmax = torch.full((1,), KEY_MIN, dtype=torch.int64, device=labels.device) if by_batch else stats
     args = dict(y_ptr=labels, cp_ptr=table, stats_ptr=stats, bmax_ptr=bmax, N=n_rows, C=n_cols,
-                stride_y=labels.stride(0), chunk=chunk, map_alpha=map_alpha,
-                map_beta=map_beta, map_gamma=map_gamma, cb_log_beta=cb_log_beta, w_max=w_max,
+                stride_y=labels.stride(0), chunk=chunk, **dict(zip(OPTIONS, opts)),
                 REWEIGHT=reweight_mode, BATCH_MAX=by_batch, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown,
                 BLOCK_N=block_n, BLOCK_C=block_c)
     launch(_stats_kernel, Persistent(-(-n_rows // block_n), split), args, tuning.STATS_WARPS, eager)

@@ -71,14 +71,21 @@ def column_tiles(n_cols, widest):
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
 
-def row_configs(n_cols, dtype, unroll=True):
+def light(labels_dtype, has_weight):
+    """Whether an element's state is small enough for 16 elements per thread without spilling:
+    bool / uint8 labels (tested as bytes) and no weight tensor; else 8."""
+    return labels_dtype in (torch.bool, torch.uint8) and not has_weight
+
+
+def row_configs(n_cols, dtype, unroll=True, light=True):
     """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C) for logits of
-    ``dtype``. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
+    ``dtype``. Column tiles at most one warp wide (32 * VEC columns), so the row statistics reduce
+    within warps. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
     gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
-    the loss-only kernels loop."""
-    pt, most = per_thread(dtype), max_warps(dtype)
+    the loss-only kernels loop. ``light``: see light()."""
+    pt, most = min(per_thread(dtype), 16 if light else 8), max_warps(dtype)
     configs = {}
-    for b in column_tiles(n_cols, 1024)[-2:]:  # the two widest: fewest passes over a row
+    for b in column_tiles(n_cols, 32 * vec(dtype))[-1:]:  # the widest: fewest passes over a row
         for t, w in _ROW_TILES:
             t = max(t, b)
             w = max(w, t // (32 * pt))
@@ -99,16 +106,17 @@ def c_tiles(n_cols, block_c):
     return k if rem == 0 and 1 < k <= MAX_UNROLL and n_cols <= MAX_UNROLL_C else 0
 
 
-def loop_configs(dtype):
-    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype``."""
+def loop_configs(dtype, light=True):
+    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: see light())."""
+    pt = min(per_thread(dtype), 16 if light else 8)
     configs = {}
     for n, b, w in _WIDE_TILES:
-        w = max(w, n * b // (32 * per_thread(dtype)))
+        w = max(w, n * b // (32 * pt))
         rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
         if w <= max_warps(dtype) and rows_per_thread <= 2:
             configs[(n, b, w)] = None
     if not configs:  # fp64: one row, 4 elements per thread
-        configs[(1, 32 * max_warps(dtype) * per_thread(dtype), max_warps(dtype))] = None
+        configs[(1, 32 * max_warps(dtype) * pt, max_warps(dtype))] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
 
