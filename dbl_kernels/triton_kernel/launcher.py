@@ -246,12 +246,13 @@ def workspace(device, dtype, n_partials, cached):
 # The op.
 # ---------------------------------------------------------------------------------------------
 def _plan(n_rows, n_cols, dtype, need_grad, light):
-    """(configs or None, fixed meta or None, wide): the tile choices of this shape."""
+    """(configs or None, fixed meta or None, wide): the tile choices of this shape, for logits of
+    ``dtype``."""
     tiles = tuning.tiles
     if n_cols <= tuning.one_tile_max_c(dtype):
         if tiles.row_tile_elems is None:
             return tuning.row_configs(n_cols, dtype, need_grad, light), None, False
-        block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 1024)[-1]
+        block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 32 * tuning.vec(dtype))[-1]
         meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
         return None, meta, False
     if tiles.loop_block_c is None:
@@ -299,7 +300,8 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     by_batch = weight_norm == NORM_BATCH and needs_stats
     opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max)
     table = kernel_table(class_params, opts, map_beta, cached)
-    configs, meta, wide = _plan(n_rows, n_cols, dtype, need_grad, tuning.light(labels.dtype, weight is not None))
+    configs, meta, wide = _plan(n_rows, n_cols, logits.dtype, need_grad,
+                                tuning.light(labels.dtype, weight is not None))
     tiles = tuning.tiles
     split, chunk = 1, n_cols
     if wide:  # too few row tiles to fill the GPU: split the columns too
@@ -343,7 +345,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     else:
         meta = dict(meta, ONE_TILE=meta["BLOCK_C"] >= n_cols,
                     C_TILES=0 if wide or not need_grad else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
-        num_warps = _fixed_warps(meta, dtype)
+        num_warps = _fixed_warps(meta, logits.dtype)
     args.update(meta)
     launch(_fused_kernel, grid(meta), args, num_warps, eager)
     return out, grad
