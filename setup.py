@@ -1,8 +1,8 @@
 """Build: ``pip install --no-build-isolation -e .`` (torch must be installed first).
 
-Builds the C++ extension ``dbl_kernels._C`` (CPU kernel) whenever torch is importable at build time,
-with the CUDA kernel too when torch has CUDA and nvcc is found (``USE_CUDA=0`` skips it).
-Without torch at build time the package installs pure-Python (reference + Triton backends).
+Builds the C++ extension ``dbl_kernels._C`` (CPU kernel), with the CUDA kernel too when torch has
+CUDA and nvcc is found (``USE_CUDA=0`` skips it). Without torch at build time this stops with an
+error that says how to install; ``DBL_NO_EXTENSION=1`` installs pure Python (reference + Triton).
 """
 import glob
 import os
@@ -26,13 +26,37 @@ def _torch_loads_libgomp():
         return os.path.exists(os.path.join(lib, "libgomp.so.1"))
     return any(line.split()[:2] == ["libgomp.so.1", "=>"] for line in out.splitlines() if line.strip())
 
+NO_EXTENSION = os.environ.get("DBL_NO_EXTENSION", "0") == "1"
+
+
+def _missing_torch_message(exc):
+    return f"""
+dbl_kernels: torch is not importable while setup.py runs ({exc}), so its C++ kernel cannot be built.
+pip builds in an isolated environment by default (build isolation), which hides the torch you
+installed. Install torch (and the build tools) first, then install without build isolation:
+
+    pip install torch setuptools wheel
+    pip install --no-build-isolation -e ".[demo]"
+
+(`bash scripts/demo.sh` does both in .venv.) For a pure-Python install without the kernel, where
+backend="auto" runs the much slower reference, set DBL_NO_EXTENSION=1:
+
+    DBL_NO_EXTENSION=1 pip install -e ".[demo]"
+"""
+
+
 try:
     import torch
     from torch.utils import cpp_extension
-except ImportError:  # pure-Python install; backend "auto" falls back to the reference
+except ImportError as exc:
+    # Failing here, not installing pure Python, is deliberate: a silent fallback leaves users
+    # on the reference without knowing. Not a build requirement on torch either: pip would put a
+    # different (multi-GB, CUDA) torch into the isolated build and the kernel's ABI would not match.
+    if not NO_EXTENSION:
+        sys.exit(_missing_torch_message(exc))
     torch = None
 
-if torch is not None and os.environ.get("DBL_NO_EXTENSION", "0") != "1":
+if torch is not None and not NO_EXTENSION:
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     headers = sorted(glob.glob(os.path.join("csrc", "*.h")))  # rebuild when the shared math changes

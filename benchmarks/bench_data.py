@@ -1,7 +1,7 @@
 """Label data for the benchmarks, drawn like real data.
 
-* C = 80: rows of the real COCO-MLT training label matrix (``data/coco_mlt_train_labels.npz``,
-  1909 x 80, shipped here because the shared data folder is not part of the package), sampled
+* C = 80: rows of the real COCO-MLT training label matrix (``tests/data/coco_mlt_train_labels.npz``,
+  1909 x 80, shipped with the tests because the shared data folder is not part of the repository), sampled
   with replacement, with the COCO-MLT class statistics.
 * Large C (Open Images, extreme multi-label): sparse rows whose classes follow a Zipf-like long
   tail, with class statistics that match the sampling frequencies, so the re-balancing weights
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"  # shipped with the tests
 COCO_LABELS = DATA_DIR / "coco_mlt_train_labels.npz"
 
 

@@ -7,24 +7,23 @@ eager reference, ``torch.compile(reference)`` and the ``cpu`` backend.
 The three are timed in interleaved rounds (each round: every backend once for ``--reps`` calls,
 in rotating order), so a change in machine load hits them alike; the figure is the median over
 rounds of the mean time per call. Each call rotates over input sets larger than the last-level
-cache, so no backend is timed on data another left in cache.
+cache, so no backend is timed on data another left in cache. A call is a training step's:
+``x.grad = None; loss = fn(x, y); loss.backward()``. Prints the figures; ``--json`` also writes them.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data  # noqa: E402
-import run as bench  # noqa: E402
+from harness import envinfo, timing  # noqa: E402
 
 import dbl_kernels as dk  # noqa: E402
 
@@ -41,17 +40,11 @@ def fwd_bwd(fn, sets):
     def step():
         x, y = sets[state["i"] % len(sets)]
         state["i"] += 1
+        x.grad = None
         loss = fn(x, y)
-        (g,) = torch.autograd.grad(loss, x)
-        return loss, g
+        loss.backward()
+        return loss, x.grad
     return step
-
-
-def time_calls(step, reps):
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    return (time.perf_counter() - start) / reps * 1e3
 
 
 def main(argv=None):
@@ -80,8 +73,10 @@ def main(argv=None):
     for name, fn in (("eager", reference), ("compile", compiled), ("cpu", fused)):
         for _ in range(3):
             steps[name]()
+        x.grad = None
         loss = fn(x, y)
-        outs[name] = (loss.detach(), torch.autograd.grad(loss, x)[0])
+        loss.backward()
+        outs[name] = (loss.detach(), x.grad)
     ref_loss, ref_grad = outs["eager"]
     for name in ("compile", "cpu"):
         loss, grad = outs[name]
@@ -90,18 +85,15 @@ def main(argv=None):
         if not err <= 1e-5:
             raise SystemExit(f"{name} deviates from the eager reference by {err:.3g}")
 
-    times = {name: [] for name in steps}
     names = list(steps)
-    for r in range(args.rounds):
-        for name in names[r % 3:] + names[:r % 3]:
-            times[name].append(time_calls(steps[name], args.reps))
+    times = {name: [us * 1e-3 for us in v] for name, v in timing.interleaved(steps, args.rounds, args.reps).items()}
     med = {name: statistics.median(v) for name, v in times.items()}
     result = {
         "case": {"N": args.n, "C": args.c, "logits": "fp32", "labels": "uint8", "mode": "fwd+bwd",
                  "config": "coco-mlt DB-focal (rebalance, NTR, focal gamma=2)"},
-        "date": datetime.date.today().isoformat(), "git": bench.git_commit(),
+        "date": envinfo.today(), "git": envinfo.git_commit(),
         "threads": torch.get_num_threads(), "rounds": args.rounds, "reps": args.reps,
-        "torch": torch.__version__, "python": platform.python_version(), "cpu": bench.cpu_name(),
+        "torch": torch.__version__, "python": platform.python_version(), "cpu": envinfo.cpu_name(),
         "ms": med, "all_ms": times,
         "cpu_x_eager": med["eager"] / med["cpu"], "cpu_x_compile": med["compile"] / med["cpu"],
     }

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build the extension, run the test suite on CUDA, the GPU checks
-# (configs, N*C > 2^31, determinism, compute-sanitizer) and the benchmark; outputs in $OUT.
+# One call on a GPU machine: build the extension, measure performance first (the targets and a
+# training shape, while the budget is fresh), then run the test suite on CUDA, the GPU checks
+# (configs, N*C > 2^31, determinism, compute-sanitizer) and the wider benchmark; outputs in $OUT.
 #
 #   OUT=/some/dir bash benchmarks/device_check.sh        (from anywhere; runs in the repo root)
 #
-# No network is needed (pip runs with --no-index). Time budget, each step capped with `timeout`
-# so a hang in one still leaves the others' output (caps sum to 400 s, plus 3 s of grace each and
-# about 20 s of Python start-ups outside them: under 7.5 minutes even if every step times out):
-#   build 90 s | tests 120 s, with compute-sanitizer (90 s) beside them | checks 70 s | overhead 20 s |
-#   bench 100 s
-# $OUT receives 7 files: device_check.md (the step table and short tables), results.json,
-# results.csv, summary.md, throughput.png, gpu_checks.json, logs.tar.gz (every log).
+# OUT defaults to ./dbl_bench/<date>-device-check under the directory it is called from (ignored by
+# git); results are committed by copying them into benchmarks/results/ explicitly.
+#
+# No network is needed (pip runs with --no-index). The device gives a session 15 minutes in all;
+# this script must leave room to rerun a step. Each step is capped with `timeout` so a hang in one
+# still leaves the others' output (caps sum to 400 s, plus 3 s of grace each and about 20 s of
+# Python start-ups outside them: under 7.5 minutes even if every step times out):
+#   build 75 s | perf 110 s | tests 105 s, with compute-sanitizer (80 s) beside them | checks 65 s |
+#   overhead 15 s | bench 30 s
+# perf: N*C >= 2^26 (1,048,576 x 80; 8,192 x 9,605; 512 x 131,072) and 256 x 80, bf16 logits,
+# uint8 labels, forward + backward, for triton, cuda, compile, eager, bce: user-visible, host and
+# CUDA-graph device time per row, and the Triton autotuner's choice per case (docs/performance.md).
+# $OUT receives: device_check.md (the step table and the tables), perf/ and bench/ (each
+# results.json, results.csv, summary.md, throughput.png), gpu_checks.json, logs.tar.gz (every log).
 #
 # For a dry run of this script's plumbing on a CPU machine (nothing here needs changing on a GPU):
 #   DBL_CHECK_DEVICE=cpu DBL_CHECK_BUILD=0 DBL_CHECK_SUITES=smoke DBL_CHECK_BIG=70x3000 \
 #   DBL_CHECK_TESTS="benchmarks/test_bench.py" DBL_CHECK_K=suites OUT=/tmp/x bash benchmarks/device_check.sh
 set -uo pipefail
+OUT="${OUT:-$PWD/dbl_bench/$(date +%Y-%m-%d)-device-check}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
-OUT="${OUT:-$ROOT/device_out}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 WORK="$(mktemp -d /tmp/dbl_check.XXXXXX)"
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
@@ -31,14 +40,18 @@ export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 export TORCHINDUCTOR_CACHE_DIR="$WORK/inductor" TRITON_CACHE_DIR="$WORK/triton"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 DEVICE="${DBL_CHECK_DEVICE:-cuda}"
-SUITES="${DBL_CHECK_SUITES:-targets,coco,openimages}"
+SUITES="${DBL_CHECK_SUITES:-coco,openimages}"
+# The performance pass: on a CPU dry run the tiny smoke suite (the plumbing, not the numbers).
+if [ "$DEVICE" = cuda ]; then PERF_DEFAULT=perf; PERF_BACKENDS=triton,cuda,compile,eager,bce
+else PERF_DEFAULT=smoke; PERF_BACKENDS=cpu,compile,eager,bce; fi
+PERF_SUITE="${DBL_CHECK_PERF_SUITE:-$PERF_DEFAULT}"
 BIG="${DBL_CHECK_BIG:-65537x32768}"
 # Default: the files that exercise the GPU (the rest is CPU-only and covered by CI), with the Triton
 # file narrowed by DBL_CHECK_K below: its full set compiles ~280 variants (minutes on a GPU).
 read -r -a TESTS <<< "${DBL_CHECK_TESTS:-tests/test_cpp_backend.py tests/test_triton_backend.py tests/test_api.py benchmarks/test_bench.py}"
-# The golden values live in ../shared, which the device tool does not carry: copy them into an
-# ignored folder (.device/shared) and carry that; DBL_SHARED points the tests at it.
-[ -d "$ROOT/../shared/golden" ] || export DBL_SHARED="${DBL_SHARED:-$ROOT/.device/shared}"
+# The golden values ship in tests/golden; every backend must be there (a broken CUDA build fails
+# its tests instead of skipping them).
+export DBL_REQUIRE="${DBL_REQUIRE:-cpu,cuda,triton}"
 
 : > "$WORK/steps.tsv"
 # step NAME LIMIT_S CMD...: run CMD under `timeout`, log to $LOGS/NAME.log, record rc and seconds.
@@ -64,11 +77,11 @@ step() {
 ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo 9.0)"
 export TORCH_CUDA_ARCH_LIST="$ARCH"
 
-# --- 1. build (90 s; 36 s seen on an H200) ------------------------------------------------------
+# --- 1. build (75 s; 36 s seen on an H200) ------------------------------------------------------
 # The extension built in place (the package is imported from the repo root through PYTHONPATH);
 # pip's editable install is only the fallback: on the GPU image it tried to fetch build deps.
 if [ "${DBL_CHECK_BUILD:-1}" = 1 ]; then
-step build 90 bash -c "'$PY' setup.py build_ext --inplace -j 16 \
+step build 75 bash -c "'$PY' setup.py build_ext --inplace -j 16 \
   || '$PY' -m pip install --no-build-isolation --no-deps --no-index -v -e ."
 else
   printf 'build\tskipped\t0\t0\n' >> "$WORK/steps.tsv"
@@ -76,12 +89,18 @@ fi
 "$PY" -c "import dbl_kernels; print('available backends:', dbl_kernels.available_backends())" \
   > "$LOGS/backends.txt" 2>&1
 
-# --- 2. tests on CUDA (120 s), compute-sanitizer beside them (90 s) ------------------------------
+# --- 2. performance first (110 s): the targets and 256 x 80 while nothing else has run ------------
+# run.py stops starting new cases after --budget-s and writes what it has on SIGTERM too.
+step perf 110 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$PERF_SUITE" --logits-dtypes bf16 \
+  --labels-dtypes uint8 --modes fwd+bwd --backends "$PERF_BACKENDS" --out "$OUT/perf" \
+  --budget-s 85 --min-time 0.05 --no-progress --short
+
+# --- 3. tests on CUDA (105 s), compute-sanitizer beside them (80 s) ------------------------------
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)"
 if [ -n "$SAN" ] && [ "$DEVICE" = cuda ]; then
   # The caching allocator would hide out-of-bounds accesses inside its cached blocks.
   ( export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    step sanitizer 90 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no \
+    step sanitizer 80 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no \
       "$PY" benchmarks/gpu_checks.py sanitize ) &
   SAN_PID=$!
 else
@@ -91,24 +110,23 @@ else
 fi
 # DBL_CHECK_K: a pytest -k expression (the full Triton file compiles ~280 variants: minutes on a GPU).
 K="${DBL_CHECK_K-cuda or test_api or test_bench or (test_triton_backend and (golden or class_counts or column or autotuned or compile or opcheck or grad_output or deterministic or saturated or label_dtypes or half_logits or scale_grad or mutation or no_gradient or empty or noncontiguous))}"
-step tests "${DBL_CHECK_TESTS_S:-120}" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" ${K:+-k "$K"} \
+step tests "${DBL_CHECK_TESTS_S:-105}" "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" ${K:+-k "$K"} \
   --benchmark-disable -rfE --durations=15 --junitxml="$LOGS/junit.xml"
 [ -n "$SAN_PID" ] && wait "$SAN_PID"
 
-# --- 3. GPU checks: configs vs reference, N*C > 2^31, determinism (70 s) -----------------------
-step checks "${DBL_CHECK_CHECKS_S:-70}" "$PY" benchmarks/gpu_checks.py all --device "$DEVICE" \
-  --budget-s "${DBL_CHECK_CONFIG_BUDGET_S:-35}" --big-shape "$BIG" \
+# --- 4. GPU checks: configs vs reference, N*C > 2^31, determinism (65 s; 71 s seen with one fused
+# backend and a 35 s grid budget) ---------------------------------------------------------------
+step checks "${DBL_CHECK_CHECKS_S:-65}" "$PY" benchmarks/gpu_checks.py all --device "$DEVICE" \
+  --budget-s "${DBL_CHECK_CONFIG_BUDGET_S:-20}" --big-shape "$BIG" \
   --json "$OUT/gpu_checks.json" --md "$WORK/checks.md"
 
-# --- 3b. host overhead per call at a small (host-bound) shape, each fused backend (20 s) ----------
-step overhead 20 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d; print(\" \".join(x for x in d.available_backends() if x != \"reference\"))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 100 | head -8; done"
+# --- 4b. host overhead per call at a small (host-bound) shape, each fused backend (15 s) ----------
+step overhead 15 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d; print(\" \".join(x for x in d.available_backends() if x != \"reference\"))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 100 | sed -n 1,8p; done"
 
-# --- 4. benchmark: targets (incl. one xmc shape), coco, openimages (100 s) ----------------------
-# run.py stops starting new cases after --budget-s and writes what it has on SIGTERM too. To fit
-# the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic) except for
-# the targets shapes (N*C >= 2^26), which get a static graph each.
-step bench 100 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out "$OUT" \
-  --budget-s 80 --min-time 0.05 --static-from 67108864 --no-progress --short
+# --- 5. wider benchmark: coco, openimages, as far as 30 s go (what is left is recorded as skipped) -
+# To fit the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic).
+step bench 30 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out "$OUT/bench" \
+  --budget-s 18 --min-time 0.05 --static-from 67108864 --no-progress --short
 
 # --- report -------------------------------------------------------------------------------------
 {
@@ -132,12 +150,13 @@ step bench 100 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --ou
   grep -vE '^(USDT|-)' "$LOGS/overhead.log" 2>/dev/null | head -30
   echo '```'
   echo
-  echo "## Targets"
-  "$PY" benchmarks/gpu_checks.py targets "$OUT/results.json" 2>&1 | tail -20
+  echo "## Performance first (perf/summary.md)"
+  echo
+  sed -e '1,/^$/d' "$OUT/perf/summary.md" 2>/dev/null || echo "no perf results (see logs/perf.log)"
   echo
   echo "## Benchmark (fastest fused backend per case)"
   echo '```'
-  "$PY" benchmarks/run.py --report "$OUT" --short --no-plot 2>&1 | tail -60
+  "$PY" benchmarks/run.py --report "$OUT/bench" --short --no-plot 2>&1 | tail -60
   echo '```'
 } > "$OUT/device_check.md" 2>&1
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs 2>/dev/null

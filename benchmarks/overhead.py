@@ -4,8 +4,10 @@
 
 Small shapes make any call host-bound, so the time per call is the Python/dispatcher/launch cost
 that a training step pays on top of the kernel. Prints ms per call for: the forward under
-no_grad, the forward with grad, forward + autograd.grad, the raw fused op, and the device-side
-scale of the gradient; then the profiler's ops sorted by self CPU time for forward + backward.
+no_grad, the forward with grad, forward + ``loss.backward()`` (as a training step: ``x.grad = None``
+first), BCE-with-logits forward + backward on the same tensors, the raw fused op, and the device-side
+scale of the gradient; then the profiler's ops sorted
+by self CPU time for forward + backward.
 """
 import argparse
 import time
@@ -53,11 +55,19 @@ def main(argv=None):
             return loss_fn(z, y)
 
     def fwd_bwd():
-        return torch.autograd.grad(loss_fn(zg, y), zg)
+        zg.grad = None
+        loss_fn(zg, y).backward()
+
+    y_float = y.to(zg.dtype)
+
+    def bce_fwd_bwd():  # the yardstick: torch's own fused BCE on the same tensors
+        zg.grad = None
+        torch.nn.functional.binary_cross_entropy_with_logits(zg, y_float).backward()
 
     rows = [("forward, no_grad", _ms(fwd_nograd, device, args.reps)),
             ("forward, grad", _ms(lambda: loss_fn(zg, y), device, args.reps)),
-            ("forward + autograd.grad", _ms(fwd_bwd, device, args.reps))]
+            ("forward + backward", _ms(fwd_bwd, device, args.reps)),
+            ("bce forward + backward", _ms(bce_fwd_bwd, device, args.reps))]
     if backend != "reference":
         spec = loss_fn.spec
         params = loss_fn._params(torch.float32, device)
@@ -69,7 +79,9 @@ def main(argv=None):
                                                    device, args.reps)))
         grad = torch.randn_like(z)
         one = torch.ones((), device=device)
-        rows.append(("scale_grad_ by 1.0", _ms(lambda: ops.scale_grad_(grad, one), device, args.reps)))
+        device_scale = ops._DEVICE_SCALE.get(op)  # the backend's own in-place scale
+        rows.append(("scale grad by 1.0", _ms(lambda: ops._scale_in_place(grad, one, device_scale), device,
+                                              args.reps)))
     print(f"backend {backend} on {device}, {args.n} x {args.c} bf16/uint8, ms per call (host-bound at this size)")
     for name, ms in rows:
         print(f"  {name:28s} {ms:8.4f}")

@@ -192,6 +192,7 @@ def check_triton(archs, tool, quick, workdir, jobs):
 TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 MAIN_CUDA_PATTERN = re.compile(r"(bf16|bfloat16|float\b|f32|__nv_bfloat16)", re.I)
+MAIN_CUDA_KERNEL = re.compile(r"fused_kernel<[^,<>]+, (?!1,)\d+, ")
 
 
 def _demangle(names):
@@ -226,8 +227,10 @@ def check_cuda(archs, tool, workdir):
             pretty = _demangle(list(funcs))
             for name, info in sorted(funcs.items()):
                 label = pretty[name]
-                main = "fused" in label and bool(MAIN_CUDA_PATTERN.search(label)) and "double" not in label \
-                    and "__half" not in label and "Half" not in label
+                # The generic kernel (one element per thread, every option at run time) serves rare
+                # configurations and fp64; the main paths are the fixed, vectorised specialisations.
+                main = bool(MAIN_CUDA_KERNEL.search(label)) and bool(MAIN_CUDA_PATTERN.search(label)) \
+                    and "double" not in label and "__half" not in label and "Half" not in label
                 row = Row(source.name, label[:120], f"sm_{arch}", main_path=main)
                 _fill(row, info, spills.get(name, (None, None))[1])
                 rows.append(row)

@@ -81,18 +81,20 @@ DBL_INLINE double lane_sum(int64_t k, const T* __restrict v) {
 }
 
 // Loss and gradient of k elements; with `sum`, returns the chunk's loss sum (loss is then scratch).
-// tw is 1/n_j (rebalance) or the per-class weight; w is weight_ij (ones when there is none).
+// tw is 1/n_j (rebalance) or the per-class weight; w is weight_ij (ones when there is none). NTR is
+// always on: without it the bias row is 0 and lambda 1, which leave logits and weights unchanged.
 template <class T, bool REBAL, int FOCAL, int LABELS, bool GRAD>
 DBL_INLINE double math_body(int64_t k, const T* __restrict z, const T* __restrict y, const T* __restrict w,
-                            const T* __restrict bias, const T* __restrict tw, const RowWeight<T>& rw,
-                            const Spec<T>& s, T* __restrict loss, T* __restrict grad, bool sum) {
-  const Spec<T> sp = s;  // local copies: provably not aliased by the outputs
-  const RowWeight<T> r = rw;
+                            const T* __restrict bias, const T* __restrict tw, const RowConst<T>& rc,
+                            const ElemConsts<T>& kc, T* __restrict loss, T* __restrict grad, bool sum) {
+  const ElemConsts<T> c = kc;  // local copies: provably not aliased by the outputs
+  const RowConst<T> r = rc;
   for (int64_t j = 0; j < k; ++j) {
-    const T wr = REBAL ? rebalance_raw(tw[j], r.inv_r, sp) * r.norm : r.a * tw[j] + r.b;
+    const T yp = y[j] > T(0) ? y[j] : T(0);
     const T f = (y[j] != T(-1) ? T(1) : T(0)) * w[j];  // unknown labels: no loss, no gradient
     T g = T(0);
-    loss[j] = element<T, FOCAL, LABELS, GRAD>(z[j], y[j], bias[j], wr, f, sp, g);
+    loss[j] = element<T, CpuFns, REBAL ? WF_REBAL : WF_LINEAR, FOCAL, LABELS, true, GRAD>(z[j], yp, yp != T(0), f,
+                                                                                          tw[j], bias[j], r, c, g);
     if (GRAD) grad[j] = g;
   }
   return sum ? lane_sum(k, loss) : 0.0;
@@ -137,7 +139,7 @@ DBL_INLINE void convert_body(int64_t k, const S* __restrict src, D* __restrict d
 
 #define DBL_MATH_PARAMS                                                                                   \
   int64_t k, const T *__restrict z, const T *__restrict y, const T *__restrict w, const T *__restrict bias, \
-      const T *__restrict tw, const RowWeight<T> &rw, const Spec<T> &s, T *__restrict loss, T *__restrict grad, bool sum
+      const T *__restrict tw, const RowConst<T> &rw, const ElemConsts<T> &s, T *__restrict loss, T *__restrict grad, bool sum
 
 #define DBL_DEFINE_ISA(NS, ATTR)                                                                     \
   namespace NS {                                                                                     \
@@ -223,7 +225,9 @@ MathFn<T> pick_focal(int focal, int labels) {
     case FOCAL_POW:
       return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_POW, LABELS_SOFT, GRAD>()
                                    : L::template math<REBAL, FOCAL_POW, LABELS_BINARY, GRAD>();
-    default: return L::template math<REBAL, FOCAL_OFF, LABELS_BINARY, GRAD>();  // p_t not needed
+    default:  // no p_t; soft labels still change the NTR factors
+      return labels == LABELS_SOFT ? L::template math<REBAL, FOCAL_OFF, LABELS_SOFT, GRAD>()
+                                   : L::template math<REBAL, FOCAL_OFF, LABELS_BINARY, GRAD>();
   }
 }
 
@@ -325,55 +329,58 @@ struct Scratch {
   alignas(64) T grad[kChunk];
 };
 
+// Rows per task of a one-pass scan over C-wide label rows: serial below kSerialElems in all.
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)); }
+
 template <class T>
 class Runner {
  public:
-  Runner(const Problem<T>& p, int isa)
-      : p_(p), loops_(loops_for<T>(isa, p.spec, p.need_grad, p.zt, p.yt)) {
+  Runner(const Problem<T>& p, T grad_scale, int isa)
+      : p_(p), k_(elem_consts(p.spec, grad_scale)), loops_(loops_for<T>(isa, p.spec, p.need_grad, p.zt, p.yt)) {
     const Spec<T>& s = p.spec;
     stat_kind_ = row_stat_kind(s.reweight);
     stat_tbl_ = p.params + row_stat_param(s.reweight) * p.C;
-    tw_ = p.params + (s.reweight == RW_REBALANCE ? P_INV_FREQ : P_CLASS_W) * p.C;
+    tw_ = p.params + weight_param(s.reweight) * p.C;
     bias_ = p.params + P_BIAS * p.C;
-    soft_possible_ = s.focal != FOCAL_OFF && at::isFloatingType(p.yt);
+    soft_possible_ = (s.focal != FOCAL_OFF || s.ntr) && at::isFloatingType(p.yt);
+    // by_batch over a constant or class-vector weight: the batch max is known without the rows
+    inv_batch_ = s.reweight == RW_CLASS ? T(1) / s.w_max : T(1);
     std::fill(ones_, ones_ + kChunk, T(1));
   }
 
   // Returns the unscaled loss sum (0 for reduction "none").
-  double run() const {
+  double run() {
     const int64_t N = p_.N, C = p_.C;
     if (N == 0 || C == 0) return 0.0;
     std::vector<double> partial;
+    std::vector<RowConst<T>> rows;
+    // Wide rows, and by_batch (which needs the max weight of every row before any element), take
+    // the statistics of all rows first.
+    if (C > kTileCols || batch_max_needs_rows(p_.spec.reweight, p_.spec.weight_norm)) rows = all_rows();
     if (C <= kTileCols) {
-      const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(N, kUnitElems / C));
-      const int64_t units = (N + rows - 1) / rows;
+      const int64_t per_unit = std::max<int64_t>(1, std::min<int64_t>(N, kUnitElems / C));
+      const int64_t units = (N + per_unit - 1) / per_unit;
       partial.assign(units, 0.0);
-      const int64_t grain = std::max<int64_t>(1, kSerialElems / (rows * C));
+      const int64_t grain = std::max<int64_t>(1, kSerialElems / (per_unit * C));
       at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
         Scratch<T> sc(loops_.y_in ? C : 0);
         for (int64_t u = u0; u < u1; ++u) {
           double total = 0;
-          for (int64_t i = u * rows; i < std::min(N, (u + 1) * rows); ++i) {
+          for (int64_t i = u * per_unit; i < std::min(N, (u + 1) * per_unit); ++i) {
             const T* y = labels(i, 0, C, sc.yrow.data());  // converted once for both passes
-            total += segment(i, 0, C, y, row_weight_of(i, y, 0, C, &sc), sc);
+            total += segment(i, 0, C, y, rows.empty() ? row_const_of(i, y, &sc) : rows[i], sc);
           }
           partial[u] = total;
         }
       });
-    } else {
-      // Wide rows: statistics first (one task per row), then column tiles as independent units.
-      std::vector<RowWeight<T>> rw(N);
-      at::parallel_for(0, N, 1, [&](int64_t i0, int64_t i1) {
-        Scratch<T> sc(0);
-        for (int64_t i = i0; i < i1; ++i) rw[i] = row_weight_of(i, nullptr, 0, C, &sc);
-      });
+    } else {  // wide rows: column tiles as independent units
       const int64_t tiles = (C + kTileCols - 1) / kTileCols;
       partial.assign(N * tiles, 0.0);
       at::parallel_for(0, N * tiles, 1, [&](int64_t u0, int64_t u1) {
         Scratch<T> sc(0);
         for (int64_t u = u0; u < u1; ++u) {
           const int64_t i = u / tiles, c0 = (u % tiles) * kTileCols;
-          partial[u] = segment(i, c0, std::min(C, c0 + kTileCols), nullptr, rw[i], sc);
+          partial[u] = segment(i, c0, std::min(C, c0 + kTileCols), nullptr, rows[i], sc);
         }
       });
     }
@@ -394,20 +401,46 @@ class Runner {
     return dst;
   }
 
-  // Row weight parameters from the row statistics; y holds the row's labels as T, or is null
-  // (then they are converted chunk by chunk into sc).
-  RowWeight<T> row_weight_of(int64_t i, const T* y, int64_t c0, int64_t c1, Scratch<T>* sc) const {
+  // (count, stat) of row i; y holds the row's labels as T, or is null (then they are converted
+  // chunk by chunk into sc).
+  void row_stats(int64_t i, const T* y, Scratch<T>* sc, T& count_out, T& stat_out) const {
     double count = 0, stat = 0;
     if (stat_kind_ != STAT_NONE) {
       const StatsFn<T> fn = stat_kind_ == STAT_MAX ? loops_.stats_max
                             : p_.spec.reweight == RW_REBALANCE ? loops_.stats_sum_no_count : loops_.stats_sum;
-      for (int64_t c = c0; c < c1; c += kChunk) {  // fp32 lanes, flushed to double every chunk
-        const int64_t k = std::min(kChunk, c1 - c);
-        const T* yc = y ? y + (c - c0) : labels(i, c, k, sc->y);
+      for (int64_t c = 0; c < p_.C; c += kChunk) {  // fp32 lanes, flushed to double every chunk
+        const int64_t k = std::min(kChunk, p_.C - c);
+        const T* yc = y ? y + c : labels(i, c, k, sc->y);
         fn(k, yc, stat_tbl_ + c, sc->loss, sc->grad, count, stat);
       }
     }
-    return row_weight<T>(static_cast<T>(count), static_cast<T>(stat), p_.spec);
+    count_out = static_cast<T>(count);
+    stat_out = static_cast<T>(stat);
+  }
+
+  RowConst<T> row_const_of(int64_t i, const T* y, Scratch<T>* sc) const {
+    T count, stat;
+    row_stats(i, y, sc, count, stat);
+    return row_const<CpuFns>(count, stat, inv_batch_, p_.spec, k_);
+  }
+
+  // The row constants of every row; for by_batch, first the batch max weight (a max: the same
+  // whatever the split over threads).
+  std::vector<RowConst<T>> all_rows() {
+    const int64_t N = p_.N;
+    std::vector<T> count(N), stat(N);
+    at::parallel_for(0, N, row_grain(p_.C), [&](int64_t i0, int64_t i1) {
+      Scratch<T> sc(0);
+      for (int64_t i = i0; i < i1; ++i) row_stats(i, nullptr, &sc, count[i], stat[i]);
+    });
+    if (batch_max_needs_rows(p_.spec.reweight, p_.spec.weight_norm)) {
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t i = 0; i < N; ++i) mx = std::max(mx, row_max_weight<CpuFns>(count[i], stat[i], p_.spec, k_));
+      inv_batch_ = T(1) / mx;
+    }
+    std::vector<RowConst<T>> rows(N);
+    for (int64_t i = 0; i < N; ++i) rows[i] = row_const<CpuFns>(count[i], stat[i], inv_batch_, p_.spec, k_);
+    return rows;
   }
 
   // weight_ij for a chunk: the row itself (unit stride), a filled or gathered buffer, or ones.
@@ -420,7 +453,7 @@ class Runner {
   }
 
   // Loss and gradient over columns [c0, c1) of row i; y: the segment's labels as T, or null.
-  double segment(int64_t i, int64_t c0, int64_t c1, const T* yseg, const RowWeight<T>& rw, Scratch<T>& sc) const {
+  double segment(int64_t i, int64_t c0, int64_t c1, const T* yseg, const RowConst<T>& rc, Scratch<T>& sc) const {
     double total = 0;
     const bool sum = p_.reduction != RED_NONE;
     for (int64_t c = c0; c < c1; c += kChunk) {
@@ -436,24 +469,23 @@ class Runner {
       T* loss = sum ? sc.loss : p_.loss + off;
       T* grad = p_.need_grad && !loops_.grad_out ? reinterpret_cast<T*>(p_.grad) + off : sc.grad;
       const MathFn<T> fn = soft_possible_ && loops_.soft(k, y) ? loops_.math_soft : loops_.math_binary;
-      total += fn(k, z, y, weights(i, c, k, sc.w), bias_ + c, tw_ + c, rw, p_.spec, loss, grad, sum);
+      total += fn(k, z, y, weights(i, c, k, sc.w), bias_ + c, tw_ + c, rc, k_, loss, grad, sum);
       if (p_.need_grad && loops_.grad_out) loops_.grad_out(k, sc.grad, p_.grad + off * static_cast<int64_t>(p_.zsize));
     }
     return total;
   }
 
   const Problem<T>& p_;
+  ElemConsts<T> k_;
   Loops<T> loops_;
   int stat_kind_;
   const T* stat_tbl_;
   const T* tw_;
   const T* bias_;
   bool soft_possible_;
+  T inv_batch_;
   alignas(64) T ones_[kChunk];
 };
-
-// Rows per task of a one-pass scan over C-wide label rows: serial below kSerialElems in all.
-int64_t row_grain(int64_t C) { return std::max<int64_t>(1, kSerialElems / std::max<int64_t>(C, 1)); }
 
 // Number of labels != -1, the denominator of RED_MEAN_COUNTED. Integer partial counts, so the sum
 // is exact whatever the split over threads. bool and uint8 labels cannot hold -1.
@@ -483,7 +515,8 @@ int64_t count_known(const Prepared& pr) {
 
 template <class T>
 void run_cpu(Prepared& pr, const OpScalars& s) {
-  T aux[2] = {pr.aux.data_ptr<T>()[0], pr.aux.data_ptr<T>()[1]};
+  // aux[1] (the batch max of by_batch) is not read: the kernel finds it itself.
+  T aux[1] = {pr.aux.data_ptr<T>()[0]};
   // At least 1: a batch whose labels are all unknown gives loss 0 and gradient 0 (as the reference).
   if (s.reduction == RED_MEAN_COUNTED) aux[0] = T(1) / static_cast<T>(std::max<int64_t>(count_known(pr), 1));
   Problem<T> p;
@@ -499,7 +532,7 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
   p.ws0 = pr.weight.defined() ? pr.weight.stride(0) : 0;
   p.ws1 = pr.weight.defined() ? pr.weight.stride(1) : 0;
   p.params = pr.params.data_ptr<T>();
-  p.spec = make_spec<T>(s, aux[0], aux[1]);
+  p.spec = make_spec<T>(s);
   p.reduction = static_cast<int>(s.reduction);
   p.need_grad = s.need_grad;
   p.loss = s.reduction == RED_NONE ? pr.loss.data_ptr<T>() : nullptr;
@@ -507,8 +540,8 @@ void run_cpu(Prepared& pr, const OpScalars& s) {
   p.N = pr.N;
   p.C = pr.C;
   const int isa = std::is_same<T, float>::value ? g_isa.load() : ISA_BASELINE;
-  const double total = Runner<T>(p, isa).run();
-  if (s.reduction != RED_NONE) *pr.loss.data_ptr<T>() = static_cast<T>(total * static_cast<double>(aux[0]));
+  const double total = Runner<T>(p, aux[0], isa).run();
+  if (s.reduction != RED_NONE) *pr.loss.data_ptr<T>() = static_cast<T>(total);  // aux[0] is in the element losses
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_cpu(const at::Tensor& logits, const at::Tensor& labels,
@@ -603,7 +636,10 @@ at::Tensor cpu_math(const at::Tensor& x, int64_t fn) {
     case 1: for (int64_t i = 0; i < n; ++i) b[i] = fexpm1(a[i]); break;
     case 2: for (int64_t i = 0; i < n; ++i) b[i] = flog1p01(a[i]); break;
     case 3: for (int64_t i = 0; i < n; ++i) b[i] = flog(a[i]); break;
-    default: TORCH_CHECK(false, "dbl::_cpu_math: fn must be 0 (exp), 1 (expm1), 2 (log1p on [0,1]) or 3 (log)");
+    case 4: for (int64_t i = 0; i < n; ++i) b[i] = fexp2(a[i]); break;
+    case 5: for (int64_t i = 0; i < n; ++i) b[i] = flog2(a[i]); break;
+    default:
+      TORCH_CHECK(false, "dbl::_cpu_math: fn must be 0 (exp), 1 (expm1), 2 (log1p on [0,1]), 3 (log), 4 (exp2) or 5 (log2)");
   }
   return out;
 }

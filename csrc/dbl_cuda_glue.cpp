@@ -1,5 +1,9 @@
 // Torch glue of the CUDA kernel: argument checks, allocation (through the caching allocator, on the
-// logits' device), the current stream. Built only with -DDBL_WITH_CUDA (setup.py).
+// logits' device), the current stream, and the kernel's reused workspace. Built only with
+// -DDBL_WITH_CUDA (setup.py).
+//
+// Per call: the gradient and the loss are the only allocations, and the kernel is one launch (two
+// for by_batch over row-dependent weights and for few very wide rows needing row statistics).
 #ifdef DBL_WITH_CUDA
 
 #include <ATen/ATen.h>
@@ -9,6 +13,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "dbl_cuda.h"
 #include "dbl_ops.h"
@@ -29,6 +36,32 @@ int cuda_dtype(at::ScalarType t) {
     case at::kDouble: return cuda::kF64;
     default: TORCH_CHECK(false, "dbl::fused: unsupported dtype ", t);
   }
+}
+
+// The kernel's workspace (ticket, batch-max key, block partials, row statistics), kept per device
+// and stream and reused: the kernel leaves it zeroed, so only a new or grown one needs a memset.
+// Per stream, because launches on one stream run in order while two streams could run the
+// kernel at once. Under CUDA-graph capture a workspace of the graph's own is allocated (from the
+// capture's private pool) and zeroed by a captured memset, so replays neither share the eager
+// workspace nor depend on its state.
+at::Tensor workspace_for(const at::Tensor& like, size_t bytes, cudaStream_t stream) {
+  bytes = std::max<size_t>(bytes, 16);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TORCH_CHECK(cudaStreamIsCapturing(stream, &capture) == cudaSuccess, "dbl::fused: cudaStreamIsCapturing failed");
+  const auto fresh = [&] {
+    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+    TORCH_CHECK(cudaMemsetAsync(ws.data_ptr(), 0, bytes, stream) == cudaSuccess, "dbl::fused: workspace memset failed");
+    return ws;
+  };
+  if (capture != cudaStreamCaptureStatusNone) return fresh();
+  // Never destroyed: freeing device memory at static destruction could outlive the CUDA context.
+  static auto* cache = new std::map<std::pair<int, cudaStream_t>, at::Tensor>();
+  static std::mutex mutex;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache->size() > 64) cache->clear();  // many short-lived streams; freeing is stream-ordered
+  at::Tensor& ws = (*cache)[{static_cast<int>(like.get_device()), stream}];
+  if (!ws.defined() || static_cast<size_t>(ws.numel()) < bytes) ws = fresh();
+  return ws;
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at::Tensor& labels,
@@ -73,10 +106,10 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
   a.gamma = gamma;
   a.scale = scale;
   a.w_max = w_max;
-  const auto bytes = static_cast<int64_t>(cuda::fused_workspace_bytes(a));
-  const at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 16)}, logits.options().dtype(at::kByte));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const at::Tensor workspace = workspace_for(logits, cuda::fused_workspace_bytes(a), stream);
   a.workspace = workspace.data_ptr();
-  const int err = cuda::fused(a, c10::cuda::getCurrentCUDAStream().stream());
+  const int err = cuda::fused(a, stream);
   TORCH_CHECK(err == 0, "dbl::fused: CUDA kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
   return {p.loss, p.grad};
 }

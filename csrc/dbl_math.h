@@ -1,12 +1,16 @@
-// Per-element math of the Distribution-Balanced loss, shared by the CPU kernel (g++) and the
-// CUDA kernel (nvcc), so the CPU tests exercise the arithmetic the GPU runs.
+// Per-element math of the Distribution-Balanced loss, shared by the CPU kernel (g++), the CUDA kernel
+// (nvcc) and the CPU emulation of the CUDA kernel (dbl_emulate.cpp), so that CPU tests exercise the
+// formulas the GPU runs.
 //
-// The fp32 elementary functions (exp, expm1, log, log1p) are our own branch-free polynomials
-// instead of libm: g++ vectorises them without -ffast-math (a libm call blocks vectorisation), and
-// the GPU evaluates the very same formulas. Measured against fp64 libm on every 7th fp32 input of
-// the ranges the loss uses (with and without FMA contraction): at most 1.73 ulp; exp flushes
-// results below 2^-125 to 0, as FTZ hardware would. tests/test_cpp_backend.py re-checks 1M points
-// per function. fp64 uses the platform's libm, so gradcheck sees the reference's precision.
+// The transcendentals go through a policy class Fn (ex2 = 2^x, lg2 = log2, rcp = 1/x, plus log1p on
+// [0, 1]):
+//   * CpuFns: our own branch-free fp32 polynomials (g++ vectorises them without -ffast-math, which a
+//     libm call would block); at most 1.73 ulp against fp64 libm (tests re-check 1M points each).
+//   * GpuFns (device): the MUFU instructions ex2/lg2/rcp.approx.ftz.f32 (one instruction each), and
+//     a log1p built around lg2 (DeviceFormula), since lg2.approx is only accurate in absolute terms
+//     near 1. EmuFns: the very same formulas with exact stand-ins for the three instructions, or
+//     stand-ins perturbed by their documented worst-case error, for the CPU emulation.
+//   * fp64 uses libm everywhere, so gradcheck sees the reference's precision.
 //
 // Mirrors dbl_kernels/_spec.py; names follow dbl_kernels/reference.py.
 #pragma once
@@ -32,10 +36,15 @@ enum Reduction { RED_NONE = 0, RED_SUM = 1, RED_MEAN = 2, RED_MEAN_COUNTED = 3 }
 enum ParamRow { P_INV_FREQ = 0, P_CLASS_W = 1, P_FREQ = 2, P_BIAS = 3 };
 
 // How the focal modulation is evaluated; gamma == 0 is plain BCE (the balance factor sits in scale).
-// FOCAL_RUNTIME reads the kind from Spec::focal (one code path with uniform branches, for the GPU).
+// FOCAL_RUNTIME reads the kind from ElemConsts::focal (uniform branches, for the generic GPU kernel).
 enum Focal { FOCAL_OFF = 0, FOCAL_SQUARE = 1, FOCAL_POW = 2, FOCAL_RUNTIME = 3 };
-// Binary labels let 1 - p_t come from the sigmoid directly; soft labels need expm1(-l).
+// BINARY: y+ in {0, 1} (unknown labels are masked by the caller through f), so 1 - p_t comes from
+// the sigmoid directly; SOFT: y+ anywhere in [0, 1], 1 - p_t = -expm1(-l); PER_ELEMENT: decided
+// for each element.
 enum Labels { LABELS_BINARY = 0, LABELS_SOFT = 1, LABELS_PER_ELEMENT = 2 };
+// Form of the re-balancing weight: LINEAR u * table_j + v (class vector, CB rows, none), REBAL the
+// rebalance sigmoid, RUNTIME read from ElemConsts::wform.
+enum WeightForm { WF_LINEAR = 0, WF_REBAL = 1, WF_RUNTIME = 2 };
 
 DBL_HD int32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)
@@ -61,6 +70,7 @@ namespace detail {
 // 1.5 * 2^23: adding it rounds a float of magnitude < 2^22 to an integer in the low mantissa bits.
 constexpr float kRoundMagic = 12582912.0f;
 constexpr float kLog2e = 1.44269502f;
+constexpr float kLn2 = 0.693147182f;
 // ln 2 split so that n * kLn2Hi is exact for |n| < 2^12 (Cody-Waite reduction).
 constexpr float kLn2Hi = 0.693115234375f;
 constexpr float kLn2Lo = 3.19461833e-05f;
@@ -94,38 +104,47 @@ DBL_HD float reduce_ln2(float x, float& n, int32_t& ni) {
   ni = float_bits(t) - float_bits(kRoundMagic);
   return (x - n * kLn2Hi) - n * kLn2Lo;
 }
-}  // namespace detail
 
-// ---------------------------------------------------------------------------------------------
-// Elementary functions. fp32: polynomials above; fp64: libm.
-// ---------------------------------------------------------------------------------------------
-namespace detail {
-// 2^(n-1) * 2 (1 + expm1(r)) for the reduced argument of exp; shifting the exponent as unsigned
-// keeps garbage in, garbage out defined for NaN input (whose NaN then propagates through p).
-DBL_HD float exp_scale(float xc) {
-  float n;
-  int32_t ni;
-  const float r = reduce_ln2(xc, n, ni);
+// 2^(n-1) * 2 (1 + expm1(r)): shifting the exponent as unsigned keeps garbage in, garbage out
+// defined for NaN input (whose NaN then propagates through p).
+DBL_HD float scale_pow2(float r, int32_t ni) {
   const float p = 1.0f + (r + r * r * expm1_tail(r));
   return (p + p) * bits_float(static_cast<int32_t>(static_cast<uint32_t>(ni + 126) << 23));
 }
 constexpr float kExpUnder = -86.6433f;  // below: 2^(n-1) would be subnormal; results flush to 0
+
+// (log1p(e) / e - 1) / e on [0, 1/8] (relative-error fit of log1p; our own coefficients): with it,
+// e + e^2 P(e) is log1p(e) within 1e-7 relative there, where lg2.approx is not (see DeviceFormula).
+DBL_HD float log1p_small_tail(float e) {
+  return ((0.15588874f * e - 0.24544357f) * e + 0.33313555f) * e - 0.49999696f;
+}
+constexpr float kLog1pSmall = 0.125f;
 }  // namespace detail
 
+// ---------------------------------------------------------------------------------------------
+// fp32 elementary functions (polynomials; used by CpuFns, the exact stand-ins and per-row math).
+// ---------------------------------------------------------------------------------------------
 DBL_HD float fexp(float x) {
   // Clamps written so a NaN compares false and stays NaN (one max/min instruction each): large x
   // overflows to inf, results below 2^-125 flush to 0 (as under FTZ).
   float xc = x < detail::kExpUnder ? detail::kExpUnder : x;
   xc = xc > 88.7228394f ? 88.7228394f : xc;
-  const float y = detail::exp_scale(xc);
+  float n;
+  int32_t ni;
+  const float r = detail::reduce_ln2(xc, n, ni);  // (sets ni: not in the same call's argument list)
+  const float y = detail::scale_pow2(r, ni);
   return x < detail::kExpUnder ? 0.0f : y;
 }
 
-// exp(x) for x <= 0 (or NaN): the case of exp(-|x|) and of the focal power u^gamma, without the
-// overflow clamp.
-DBL_HD float fexp_nonpos(float x) {
-  const float y = detail::exp_scale(x < detail::kExpUnder ? detail::kExpUnder : x);
-  return x < detail::kExpUnder ? 0.0f : y;
+// 2^x; results below 2^-125 flush to 0, above 2^128 are inf.
+DBL_HD float fexp2(float x) {
+  float xc = x < -125.0f ? -125.0f : x;
+  xc = xc > 128.0f ? 128.0f : xc;
+  const float t = xc + detail::kRoundMagic;
+  const float n = t - detail::kRoundMagic;
+  const int32_t ni = float_bits(t) - float_bits(detail::kRoundMagic);
+  const float y = detail::scale_pow2((xc - n) * detail::kLn2, ni);  // |xc - n| <= 1/2, exact
+  return x < -125.0f ? 0.0f : y;
 }
 
 // e^x - 1, accurate near 0 (needed for 1 - p_t = -expm1(-l) with soft labels).
@@ -148,9 +167,10 @@ DBL_HD float flog1p01(float e) {
   return (k * detail::kLn2Lo + detail::log1p_core(x)) + k * detail::kLn2Hi;
 }
 
-// log(v) for v > 0 (v = 1 - p_t in the focal power); log(0) is handled by the caller.
-DBL_HD float flog(float v) {
-  const bool tiny = v < 1.17549435e-38f;  // subnormal: scale into the normal range first
+namespace detail {
+// v = 2^k * (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)); subnormal v is scaled into range first.
+DBL_HD float split_log(float v, float& kf) {
+  const bool tiny = v < 1.17549435e-38f;
   const float vs = tiny ? v * 8388608.0f : v;
   const int32_t bits = float_bits(vs);
   int32_t k = ((bits >> 23) & 0xff) - 127;
@@ -158,42 +178,143 @@ DBL_HD float flog(float v) {
   const bool hi = m > 1.41421356f;
   m = hi ? m * 0.5f : m;
   k = hi ? k + 1 : k;
-  const float kf = static_cast<float>(k) - (tiny ? 23.0f : 0.0f);
-  return (kf * detail::kLn2Lo + detail::log1p_core(m - 1.0f)) + kf * detail::kLn2Hi;
+  kf = static_cast<float>(k) - (tiny ? 23.0f : 0.0f);
+  return m - 1.0f;
+}
+}  // namespace detail
+
+// log(v) for v > 0 (log(0) is the caller's business).
+DBL_HD float flog(float v) {
+  float kf;
+  const float f = detail::split_log(v, kf);
+  return (kf * detail::kLn2Lo + detail::log1p_core(f)) + kf * detail::kLn2Hi;
 }
 
-#if defined(__CUDA_ARCH__)
-DBL_HD double fexp(double x) { return ::exp(x); }
-DBL_HD double fexp_nonpos(double x) { return ::exp(x); }
-DBL_HD double fexpm1(double x) { return ::expm1(x); }
-DBL_HD double flog1p01(double e) { return ::log1p(e); }
-DBL_HD double flog(double v) { return ::log(v); }
-#else
-DBL_HD double fexp(double x) { return std::exp(x); }
-DBL_HD double fexp_nonpos(double x) { return std::exp(x); }
-DBL_HD double fexpm1(double x) { return std::expm1(x); }
-DBL_HD double flog1p01(double e) { return std::log1p(e); }
-DBL_HD double flog(double v) { return std::log(v); }
-#endif
-
-template <class T> DBL_HD T sigmoid(T t) { return T(1) / (T(1) + fexp(-t)); }
+// log2(v) for v > 0.
+DBL_HD float flog2(float v) {
+  float kf;
+  const float f = detail::split_log(v, kf);
+  return kf + detail::log1p_core(f) * detail::kLog2e;
+}
 
 // ---------------------------------------------------------------------------------------------
-// Per-call constants (KernelSpec of _spec.py, plus the device scalars of aux read by the kernel).
+// Function policies.
+// ---------------------------------------------------------------------------------------------
+// fp64 (every policy): libm.
+struct F64Fns {
+  static DBL_HD double ex2(double x) { return ::exp2(x); }
+  static DBL_HD double lg2(double x) { return ::log2(x); }
+  static DBL_HD double rcp(double x) { return 1.0 / x; }
+  static DBL_HD double exp_neg(double a) { return ::exp(-a); }
+  static DBL_HD double log1p01(double e, double, double) { return ::log1p(e); }
+  static DBL_HD double expm1(double x) { return ::expm1(x); }
+};
+
+// CPU kernel: exact polynomials; l from log1p(e) directly.
+struct CpuFns : F64Fns {
+  using F64Fns::ex2;
+  using F64Fns::lg2;
+  using F64Fns::rcp;
+  using F64Fns::exp_neg;
+  using F64Fns::log1p01;
+  using F64Fns::expm1;
+  static constexpr bool kCheapL = false;
+  static constexpr bool kOneDivision = true;
+  static DBL_HD float ex2(float x) { return fexp2(x); }
+  static DBL_HD float lg2(float v) { return flog2(v); }
+  static DBL_HD float rcp(float x) { return 1.0f / x; }
+  // exp(-a), a >= 0: no overflow clamp, and below 2^-125 the result stays 2^-125 instead of
+  // flushing to 0 (its effect on l and the gradient is below their rounding).
+  static DBL_HD float exp_neg(float a) {
+    float x = -a * detail::kLog2e;
+    x = x < -125.0f ? -125.0f : x;
+    const float t = x + detail::kRoundMagic;
+    const float n = t - detail::kRoundMagic;
+    return detail::scale_pow2((x - n) * detail::kLn2, float_bits(t) - float_bits(detail::kRoundMagic));
+  }
+  static DBL_HD float log1p01(float e, float, float) { return flog1p01(e); }
+  static DBL_HD float expm1(float x) { return fexpm1(x); }
+};
+
+// The device's formulas over three primitives I::ex2, I::lg2, I::rcp (fp32). lg2.approx has an
+// absolute error of up to 2^-22 near 1, so log1p(e) = ln 2 lg2(1 + e) (with the rounding of 1 + e
+// compensated: c = e - ((1 + e) - 1) is exact) serves e >= 1/8 only, where log1p(e) >= 0.117 and
+// the error is <= 1.5e-6 relative; below, a polynomial. kCheapL: the binary gamma = 2 path takes
+// l = -ln2 lg2(p_t) instead (its error there is multiplied by (1 - p_t)^2; see element()).
+template <class I>
+struct DeviceFormula : F64Fns {
+  using F64Fns::ex2;
+  using F64Fns::lg2;
+  using F64Fns::rcp;
+  using F64Fns::exp_neg;
+  using F64Fns::log1p01;
+  using F64Fns::expm1;
+  static constexpr bool kCheapL = true;
+  static constexpr bool kOneDivision = false;
+  static DBL_HD float ex2(float x) { return I::ex2(x); }
+  static DBL_HD float lg2(float v) { return I::lg2(v); }
+  static DBL_HD float rcp(float x) { return I::rcp(x); }
+  static DBL_HD float exp_neg(float a) { return I::ex2(-a * detail::kLog2e); }
+  static DBL_HD float log1p01(float e, float w1, float inv) {
+    const float small = e + e * e * detail::log1p_small_tail(e);
+    const float big = I::lg2(w1) * detail::kLn2 + (e - (w1 - 1.0f)) * inv;
+    return e < detail::kLog1pSmall ? small : big;
+  }
+  static DBL_HD float expm1(float x) { return fexpm1(x); }
+};
+
+#if defined(__CUDACC__)
+struct MufuIntrinsics {
+  static __device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+  static __device__ __forceinline__ float lg2(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+  static __device__ __forceinline__ float rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+  }
+};
+using GpuFns = DeviceFormula<MufuIntrinsics>;
+#endif
+#if !defined(__CUDA_ARCH__)
+// Host stand-ins for the three MUFU instructions: exact (ERR = 0), or off by their worst case in
+// one direction (ERR = +1 / -1): ex2 2^-21 relative, lg2 2^-22 absolute on [1/2, 2] and 2^-21
+// relative elsewhere, rcp 2^-22 relative (the PTX ISA's bounds, rounded up).
+template <int ERR>
+struct ModelIntrinsics {
+  static constexpr float kRel21 = 4.76837158e-07f, kRel22 = 2.38418579e-07f;
+  static float ex2(float x) { return fexp2(x) * (1.0f + ERR * kRel21); }
+  static float lg2(float v) {
+    const float r = flog2(v);
+    return (v >= 0.5f && v <= 2.0f) ? r + ERR * kRel22 : r * (1.0f + ERR * kRel21);
+  }
+  static float rcp(float x) { return (1.0f / x) * (1.0f + ERR * kRel22); }
+};
+template <int ERR>
+using EmuFns = DeviceFormula<ModelIntrinsics<ERR>>;
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Per-call constants (KernelSpec of _spec.py, plus the device scalars read by the kernels).
 // ---------------------------------------------------------------------------------------------
 template <class T>
 struct Spec {
   int reweight;      // Reweight
   int weight_norm;   // Norm
-  T logit_reg;       // 1 or 0 (a float flag keeps the element loop free of control flow)
-  int focal;         // Focal
+  int focal;         // Focal (OFF, SQUARE or POW)
+  bool ntr;
   T map_alpha, map_beta, map_gamma, cb_log_beta;
-  T lam, inv_lam;    // NTR negative scale and its reciprocal
+  T lam, inv_lam;    // NTR negative scale and its reciprocal (1 without NTR)
   T gamma;           // focal exponent
   T scale;           // balance_param * loss_weight (focal) or loss_weight
   T w_max;           // by_instance closed form (see _spec.kernel_spec)
-  T grad_scale;      // aux[0]: 1 / count for mean, else 1 (applied to the gradient)
-  T inv_batch_max;   // aux[1]: 1 / batch-max weight (by_batch), else 1
 };
 
 template <class T>
@@ -206,29 +327,59 @@ DBL_HD int focal_kind(bool focal, T gamma) {
 template <class T>
 inline Spec<T> make_spec(int reweight, int weight_norm, bool logit_reg, bool focal, double map_alpha,
                          double map_beta, double map_gamma, double cb_log_beta, double neg_scale, double gamma,
-                         double scale, double w_max, T grad_scale, T inv_batch_max) {
+                         double scale, double w_max) {
   Spec<T> sp{};
   sp.reweight = reweight;
   sp.weight_norm = weight_norm;
-  sp.logit_reg = logit_reg ? T(1) : T(0);
   sp.focal = focal_kind<T>(focal, static_cast<T>(gamma));
+  sp.ntr = logit_reg;
   sp.map_alpha = static_cast<T>(map_alpha);
   sp.map_beta = static_cast<T>(map_beta);
   sp.map_gamma = static_cast<T>(map_gamma);
   sp.cb_log_beta = static_cast<T>(cb_log_beta);
-  sp.lam = static_cast<T>(neg_scale);
-  sp.inv_lam = static_cast<T>(1.0 / neg_scale);
+  const double lam = logit_reg ? neg_scale : 1.0;
+  sp.lam = static_cast<T>(lam);
+  sp.inv_lam = static_cast<T>(1.0 / lam);
   sp.gamma = static_cast<T>(gamma);
   sp.scale = static_cast<T>(scale);
   sp.w_max = static_cast<T>(w_max);
-  sp.grad_scale = grad_scale;
-  sp.inv_batch_max = inv_batch_max;
   return sp;
 }
 
-// Which row statistic a reweight mode needs: none, sums (count and sum of y+ * table row), or
-// the largest per-class CB weight over the row's positives (CB is decreasing in n, so that is
-// the CB weight of the rarest positive class, computed in float64 on the host).
+// What the element function needs besides the row: folded once per launch.
+template <class T>
+struct ElemConsts {
+  T alpha;       // rebalance: map_alpha
+  T c0;          // rebalance: beta * log2(e) * map_gamma (the sigmoid is evaluated in base 2)
+  T lam, inv_lam;
+  T gamma;
+  T gs;          // reduction scale aux[0] (1 / count for a mean): folded into the row constants
+  T nln2_lam;    // -ln 2 / lam: a negative's loss per log2 p_t under NTR
+  int focal;     // for FOCAL_RUNTIME
+  int wform;     // for WF_RUNTIME
+};
+
+template <class T>
+inline ElemConsts<T> elem_consts(const Spec<T>& s, T grad_scale) {
+  ElemConsts<T> k{};
+  k.alpha = s.map_alpha;
+  k.c0 = static_cast<T>(static_cast<double>(s.map_beta) * 1.4426950408889634 * static_cast<double>(s.map_gamma));
+  k.lam = s.lam;
+  k.inv_lam = s.inv_lam;
+  k.gamma = s.gamma;
+  k.gs = grad_scale;
+  k.nln2_lam = static_cast<T>(-0.6931471805599453 / static_cast<double>(s.lam));
+  k.focal = s.focal;
+  k.wform = s.reweight == RW_REBALANCE ? WF_REBAL : WF_LINEAR;
+  return k;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row weights.
+// ---------------------------------------------------------------------------------------------
+// Which row statistic a reweight mode needs: none, sums (count and sum of y+ * table row), or the
+// largest per-class CB weight over the row's positives (CB is decreasing in n, so that is the CB
+// weight of the rarest positive class, computed in float64 on the host).
 enum RowStatKind { STAT_NONE = 0, STAT_SUM = 1, STAT_MAX = 2 };
 
 DBL_HD int row_stat_kind(int reweight) {
@@ -241,120 +392,203 @@ DBL_HD int row_stat_kind(int reweight) {
   }
 }
 
-// The class_params row that the row sum runs over.
+// The class_params row that the row statistic runs over.
 DBL_HD int row_stat_param(int reweight) {
   return reweight == RW_REBALANCE ? P_INV_FREQ : (reweight == RW_CB_AVG_N ? P_FREQ : P_CLASS_W);
+}
+
+// The class_params row of the per-element weight table.
+DBL_HD int weight_param(int reweight) { return reweight == RW_REBALANCE ? P_INV_FREQ : P_CLASS_W; }
+
+// Whether weight_norm="by_batch" needs the statistics of every row first (else its batch max is
+// known on the host: 1 for no re-weighting, w_max for a class vector).
+DBL_HD bool batch_max_needs_rows(int reweight, int weight_norm) {
+  return weight_norm == NORM_BATCH && row_stat_kind(reweight) != STAT_NONE;
+}
+
+// Rebalance weight before normalisation: alpha + sigmoid(beta * (q / r - gamma)) for q = 1/n_j, as
+// alpha + 1 / (1 + 2^(u q + c0)) with u = -beta log2(e) / r (r = 0, a row without positives,
+// gives u = -inf and weight alpha + 1).
+template <class Fn, class T>
+DBL_HD T rebalance_raw(T q, T u, const ElemConsts<T>& k) {
+  return k.alpha + Fn::rcp(T(1) + Fn::ex2(u * q + k.c0));
+}
+
+// Divisions in the per-row math go through Fn::rcp: on the device one MUFU instruction (within
+// 2^-22, far below the tolerance) instead of the IEEE division's slow-path call.
+template <class Fn, class T> DBL_HD T rebalance_u(T stat, const Spec<T>& s) {
+  return static_cast<T>(-1.4426950408889634) * s.map_beta * Fn::rcp(stat);
 }
 
 // Class-balanced weight (1 - beta) / (1 - beta^n) = expm1(log beta) / expm1(n log beta), for the
 // CB average_n row mode. log beta comes from the host in double: as beta -> 1, 1 - beta in the
 // compute precision would lose digits (1e-4 relative in fp32 at beta = 0.9999).
-template <class T> DBL_HD T cb_weight(T n, T log_beta) { return fexpm1(log_beta) / fexpm1(n * log_beta); }
-
-// Rebalance weight before normalisation: alpha + sigmoid(beta * ((1/n_j) / r_i - gamma)), with
-// 1 / r_i precomputed per row (r_i = 0, a row without positives, gives inf and weight alpha + 1).
-template <class T> DBL_HD T rebalance_raw(T inv_freq, T inv_r, const Spec<T>& s) {
-  return s.map_alpha + sigmoid(s.map_beta * (inv_freq * inv_r - s.map_gamma));
+template <class Fn, class T> DBL_HD T cb_weight(T n, T log_beta) {
+  return Fn::expm1(log_beta) * Fn::rcp(Fn::expm1(n * log_beta));
 }
 
-// Per-row weight: w_ij = (rebalance ? rebalance_raw(inv_j, r) * norm : a * class_w_j + b).
+// The CB row-mode weight of a row with count > 0 positives.
+template <class Fn, class T> DBL_HD T cb_row(T count, T stat, const Spec<T>& s) {
+  if (s.reweight == RW_CB_AVG_W) return stat * Fn::rcp(count);
+  if (s.reweight == RW_CB_AVG_N) return cb_weight<Fn>(stat * Fn::rcp(count), s.cb_log_beta);
+  return stat;  // min_n: the CB weight of the rarest positive class
+}
+
+// The largest (unnormalised) weight in a row: what by_instance divides by, and what by_batch takes
+// the maximum of over the rows. The rebalance weight is monotone in 1/n_j, so its row max sits at
+// the extreme 1/n_j (w_max); a CB row is constant; a class vector peaks at w_max.
+template <class Fn, class T>
+DBL_HD T row_max_weight(T count, T stat, const Spec<T>& s, const ElemConsts<T>& k) {
+  switch (s.reweight) {
+    case RW_REBALANCE: return rebalance_raw<Fn>(s.w_max, rebalance_u<Fn>(stat, s), k);
+    case RW_CB_AVG_W:
+    case RW_CB_AVG_N:
+    case RW_CB_MIN_N: return count > T(0) ? cb_row<Fn>(count, stat, s) : s.w_max;
+    case RW_CLASS: return s.w_max;
+    default: return T(1);
+  }
+}
+
+// Per-row constants of the element weight, with the loss scale and the reduction scale aux[0]
+// folded in (so element losses come out already scaled, and gradients need no further factor):
+//   REBAL:  w_ij = 1 / (1 + 2^(u q_j + c0)) * v + av    (av = alpha * v)
+//   LINEAR: w_ij = u * table_j + v
 template <class T>
-struct RowWeight {
-  T inv_r; // rebalance: 1 / sum_j y+_ij / n_j
-  T norm;  // rebalance: 1 / row max (by_instance), aux[1] (by_batch) or 1
-  T a, b;  // other modes: linear in the per-class weight
+struct alignas(4 * sizeof(T)) RowConst {
+  T u, v, av, unused;  // 16 bytes (fp32): one shared-memory load
 };
 
-// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX).
-template <class T>
-DBL_HD RowWeight<T> row_weight(T count, T stat, const Spec<T>& s) {
-  RowWeight<T> w;
-  w.inv_r = T(1);
-  w.norm = T(1);
-  w.a = T(0);
-  w.b = T(1);
-  const T batch = s.weight_norm == NORM_BATCH ? s.inv_batch_max : T(1);
+// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX);
+// inv_batch: 1 / the batch max weight (by_batch only).
+template <class Fn, class T>
+DBL_HD RowConst<T> row_const(T count, T stat, T inv_batch, const Spec<T>& s, const ElemConsts<T>& k) {
+  const bool inst = s.weight_norm == NORM_INSTANCE;
+  const T batch = s.weight_norm == NORM_BATCH ? inv_batch : T(1);
+  const T scale = s.scale * k.gs;
+  RowConst<T> r;
+  r.av = T(0);
+  r.unused = T(0);
   if (s.reweight == RW_REBALANCE) {
-    w.inv_r = T(1) / stat;
-    // The raw weight is monotone in 1/n_j, so the row max sits at the extreme 1/n_j (w_max).
-    w.norm = s.weight_norm == NORM_INSTANCE ? T(1) / rebalance_raw(s.w_max, w.inv_r, s) : batch;
-    return w;
+    r.u = rebalance_u<Fn>(stat, s);
+    r.v = scale * (inst ? Fn::rcp(rebalance_raw<Fn>(s.w_max, r.u, k)) : batch);
+    r.av = s.map_alpha * r.v;
+    return r;
   }
-  const bool row_mode = s.reweight == RW_CB_AVG_W || s.reweight == RW_CB_AVG_N || s.reweight == RW_CB_MIN_N;
+  const bool row_mode = row_stat_kind(s.reweight) != STAT_NONE;
   if (row_mode && count > T(0)) {
-    T row;
-    if (s.reweight == RW_CB_AVG_W) row = stat / count;
-    else if (s.reweight == RW_CB_AVG_N) row = cb_weight(stat / count, s.cb_log_beta);
-    else row = stat;
-    w.b = s.weight_norm == NORM_INSTANCE ? row / row : row * batch;  // a constant row: max is itself
-    return w;
+    const T row = cb_row<Fn>(count, stat, s);
+    r.u = T(0);
+    r.v = scale * (inst ? row * Fn::rcp(row) : row * batch);  // a constant row: its max is itself
+    return r;
   }
   if (s.reweight == RW_NONE) {
-    w.b = batch;  // ones: by_instance divides by 1
-    return w;
+    r.u = T(0);
+    r.v = scale * batch;  // ones: by_instance divides by 1
+    return r;
   }
   // Per-class weights (inv, sqrt_inv, CB by_class, and CB rows without any positive).
-  w.a = s.weight_norm == NORM_INSTANCE ? T(1) / s.w_max : batch;
-  w.b = T(0);
-  return w;
+  r.u = scale * (inst ? Fn::rcp(s.w_max) : batch);
+  r.v = T(0);
+  return r;
 }
+
+DBL_HD float dabs(float x) { return ::fabsf(x); }
+DBL_HD double dabs(double x) { return ::fabs(x); }
 
 // ---------------------------------------------------------------------------------------------
 // One element: loss and d loss / d logit (see _spec.py).
-//   z logit, y label (-1 unknown), bias NTR bias b_j, w re-balancing weight (normalised),
-//   f = weight_ij * known_ij. Returns the loss (before the reduction scale). With GRAD and
-//   want_grad (a run-time switch for the GPU's single code path), grad gets d loss / d z with
-//   aux[0] applied; otherwise the gradient work is skipped.
+//   z logit, yp = max(y, 0), pos = yp != 0, f = weight_ij * known_ij, tw the weight table entry (1/n_j for
+//   rebalance, else the class weight), bias the NTR bias b_j, r the row's constants. Returns the
+//   loss times aux[0]; with GRAD, grad gets d loss / d z times aux[0].
 // ---------------------------------------------------------------------------------------------
-template <class T, int FOCAL, int LABELS, bool GRAD>
-DBL_HD T element(T z, T y, T bias, T w, T f, const Spec<T>& s, T& grad, bool want_grad = true) {
-  const int focal = FOCAL == FOCAL_RUNTIME ? s.focal : FOCAL;
-  want_grad = GRAD && want_grad;
-  const T yp = y > T(0) ? y : T(0);
-  // NTR: shift by the prior, scale negatives' logits by lambda and their weight by 1/lambda.
-  const T yn = T(1) - yp;
-  const T sc_ntr = yp + s.lam * yn;
-  const bool ntr = s.logit_reg != T(0);
-  const T x = ntr ? (z + bias) * sc_ntr : z;
-  const T sc = ntr ? sc_ntr : T(1);
-  const T wq = ntr ? w * (yp + yn * s.inv_lam) : w;
-  const T ax = x < T(0) ? -x : x;
-  const T e = fexp_nonpos(-ax);                                    // exp(-|x|) in (0, 1]
-  const T l = (x > T(0) ? x : T(0)) - x * yp + flog1p01(e);  // stable BCE-with-logits
-  const T coef = s.scale * wq * f;
-  const T inv = T(1) / (T(1) + e);
-  const T q = e * inv;  // sigmoid(-|x|)
-  if (focal == FOCAL_OFF) {
-    if (want_grad) grad = coef * s.grad_scale * ((x >= T(0) ? inv : q) - yp) * sc;
-    return coef * l;
-  }
-  bool soft = LABELS == LABELS_SOFT;
-  if (LABELS == LABELS_PER_ELEMENT) soft = yp != T(0) && yp != T(1);
-  // u = 1 - p_t with p_t = exp(-l). For y+ in {0, 1}, p_t is sigmoid(x) or sigmoid(-x): exact from e.
-  const T u_hi = yp != T(0) ? q : inv;  // x >= 0
-  const T u_lo = yp != T(0) ? inv : q;
-  T u = x >= T(0) ? u_hi : u_lo;
-  T pt = x >= T(0) ? u_lo : u_hi;
-  if (LABELS != LABELS_BINARY && soft) {
-    u = -fexpm1(-l);
-    pt = T(1) - u;
-  }
-  const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? fexp_nonpos(s.gamma * flog(u > T(0) ? u : T(1))) : T(0));
-  if (want_grad) {
-    // d/dx [u^g l] = (sigmoid(x) - y+) u^g (1 + g p_t l / u). For y+ in {0, 1}, sigmoid(x) - y+ = -/+ u,
-    // so it is +/- u^g (u + g p_t l): no division, finite as u -> 0. Soft labels: l / u -> 1 at u = 0.
-    T dfocal;
-    if (LABELS != LABELS_SOFT && !soft) {
-      const T m = yp != T(0) ? -mod : mod;
-      dfocal = m * (u + s.gamma * pt * l);
+template <class T, class Fn, int WFORM, int FOCAL, int LABELS, bool NTR, bool GRAD>
+DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k, T& grad) {
+  const int wform = WFORM == WF_RUNTIME ? k.wform : WFORM;
+  const int focal = FOCAL == FOCAL_RUNTIME ? k.focal : FOCAL;
+  constexpr bool binary = LABELS == LABELS_BINARY;
+  constexpr T ln2 = static_cast<T>(0.6931471805599453);
+  const T eb = wform == WF_REBAL ? Fn::ex2(r.u * tw + k.c0) : T(0);  // the rebalance sigmoid is 1 / (1 + eb)
+  // NTR: x = (z + b) s with s = y+ + lam (1 - y+); the loss weight gets the factor
+  // lw = y+ + (1 - y+) / lam, d loss / d z the factor gf = s lw (1 for y+ in {0, 1}).
+  T x = z, lw = T(1), gf = T(1);
+  if (NTR) {
+    T sc;
+    if (binary) {
+      sc = pos ? T(1) : k.lam;
+      lw = pos ? T(1) : k.inv_lam;
     } else {
-      const T uu = u > T(0) ? u : T(1);
-      const T ratio = u > T(0) ? l / uu : T(1);
-      dfocal = ((x >= T(0) ? inv : q) - yp) * mod * (T(1) + s.gamma * pt * ratio);
+      sc = yp + k.lam * (T(1) - yp);
+      lw = yp + (T(1) - yp) * k.inv_lam;
+      gf = sc * lw;
     }
-    grad = coef * s.grad_scale * dfocal * sc;
+    x = (z + bias) * sc;
   }
-  return coef * mod * l;
+  const T ax = dabs(x);
+  const T e = Fn::exp_neg(ax);         // exp(-|x|) in (0, 1]
+  const T w1 = T(1) + e;
+  T inv, sig_rb;                       // sigmoid(|x|), the rebalance sigmoid
+  if (Fn::kOneDivision && sizeof(T) == 4 && wform == WF_REBAL) {
+    // One division for both (a CPU's divider is its slowest unit): 1/a = b / (ab). eb is capped
+    // so that ab stays finite; the sigmoid it loses is below 2^-100.
+    const T b = T(1) + (eb < T(1e30f) ? eb : T(1e30f));
+    const T rab = Fn::rcp(w1 * b);
+    inv = b * rab;
+    sig_rb = w1 * rab;
+  } else {
+    inv = Fn::rcp(w1);
+    sig_rb = wform == WF_REBAL ? Fn::rcp(T(1) + eb) : T(0);
+  }
+  const T w = (wform == WF_REBAL ? sig_rb * r.v + r.av : r.u * tw + r.v) * f;
+  const T q = e * inv;                 // sigmoid(-|x|)
+  const bool xpos = x >= T(0);
+  const T relu = xpos ? x : T(0);
+  if (focal == FOCAL_OFF) {
+    if (GRAD) grad = w * gf * ((xpos ? inv : q) - yp);
+    return w * lw * ((relu - x * yp) + Fn::log1p01(e, w1, inv));  // stable BCE-with-logits
+  }
+  // u = 1 - p_t with p_t = exp(-l). For y+ in {0, 1}, p_t is sigmoid(x) or sigmoid(-x): on the
+  // correct side of 0, p_t = sigmoid(|x|) and u = sigmoid(-|x|), else the other way round.
+  // (g++ vectorises a comparison of the margin, not an equality of two comparisons; at x = 0 both
+  // choices below give the same values)
+  const bool correct = Fn::kCheapL ? xpos == pos : (pos ? x : -x) >= T(0);
+  T u = correct ? q : inv;
+  T pt = correct ? inv : q;
+  if constexpr (Fn::kCheapL && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary) {
+    // l = -ln2 log2(p_t): one lg2. Its absolute error near p_t = 1 (2^-22) meets u^2 ~ e^2 in the
+    // loss and gradient. On the wrong side past |x| = 64, p_t ~ 2^-92 nears the flush-to-zero
+    // range: log2 p_t = -|x| log2(e) there (the log1p(e) < 2^-92 it drops is below its rounding).
+    const T ea = ax * static_cast<T>(-1.4426950408889634);
+    const T lg = (!correct && ax > T(64)) ? ea : Fn::lg2(pt);
+    const T wm = w * (u * u);
+    if (GRAD) {
+      const T d = u + pt * (T(-2) * ln2) * lg;  // u + 2 p_t l
+      grad = wm * (pos ? -d : d);
+    }
+    return wm * (lg * (NTR ? (pos ? -ln2 : k.nln2_lam) : -ln2));
+  } else {
+    const T l = (relu - x * yp) + Fn::log1p01(e, w1, inv);
+    bool soft = LABELS == LABELS_SOFT;
+    if (LABELS == LABELS_PER_ELEMENT) soft = yp != T(0) && yp != T(1);
+    if (!binary && soft) {
+      u = -Fn::expm1(-l);
+      pt = T(1) - u;
+    }
+    const T gamma = focal == FOCAL_SQUARE ? T(2) : k.gamma;
+    const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? Fn::ex2(gamma * Fn::lg2(u > T(0) ? u : T(1))) : T(0));
+    const T wm = w * mod;
+    if (GRAD) {
+      // d/dx [u^g l] = (sigmoid(x) - y+) u^g (1 + g p_t l / u). For y+ in {0, 1}, sigmoid(x) - y+ = -/+ u,
+      // so it is +/- u^g (u + g p_t l): no division, finite as u -> 0. Soft: l / u -> 1 at u = 0.
+      if (binary || !soft) {
+        const T d = u + gamma * pt * l;
+        grad = wm * gf * (pos ? -d : d);
+      } else {
+        const T ratio = u > T(0) ? l * Fn::rcp(u > T(0) ? u : T(1)) : T(1);
+        grad = wm * gf * ((xpos ? inv : q) - yp) * (T(1) + gamma * pt * ratio);
+      }
+    }
+    return wm * lw * l;
+  }
 }
 
 }  // namespace dbl

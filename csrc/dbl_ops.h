@@ -95,10 +95,9 @@ inline Prepared prepare(const at::Tensor& logits, const at::Tensor& labels, cons
 }
 
 template <class T>
-Spec<T> make_spec(const OpScalars& s, T grad_scale, T inv_batch_max) {
+Spec<T> make_spec(const OpScalars& s) {
   return make_spec<T>(static_cast<int>(s.reweight_mode), static_cast<int>(s.weight_norm), s.logit_reg, s.focal,
-                      s.map_alpha, s.map_beta, s.map_gamma, s.cb_log_beta, s.neg_scale, s.gamma, s.scale, s.w_max,
-                      grad_scale, inv_batch_max);
+                      s.map_alpha, s.map_beta, s.map_gamma, s.cb_log_beta, s.neg_scale, s.gamma, s.scale, s.w_max);
 }
 
 }  // namespace dbl

@@ -26,7 +26,6 @@ Per element (y known, y+ = max(y, 0), mirrors ``reference``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 
@@ -45,7 +44,8 @@ REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN = range(3)
 # CPU op only: a mean over the labels != -1 that the op counts itself (aux[0] unused), in a pass far
 # cheaper than torch's (labels != -1).sum() before the call.
 REDUCTION_MEAN_COUNTED = 3
-_REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN}
+# batchmean is a sum scaled by 1/N (aux[0]); per_class has no kernel code yet (the reference runs it)
+REDUCTIONS = {"none": REDUCTION_NONE, "sum": REDUCTION_SUM, "mean": REDUCTION_MEAN, "batchmean": REDUCTION_MEAN}
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,14 @@ def _reweight_mode(cfg: LossConfig):
     return REWEIGHT_NONE
 
 
-def class_params(class_freq: np.ndarray, train_num: float, cfg: LossConfig) -> np.ndarray:
+def class_params(class_freq: np.ndarray | None, train_num: float | None, cfg: LossConfig,
+                 num_classes: int | None = None) -> np.ndarray:
     """The 4 x C per-class table in float64, from the reference's own per-class functions; computed
-    on the host once per loss object and cast once to the compute dtype."""
-    n = torch.as_tensor(np.asarray(class_freq, dtype=np.float64))
+    on the host once per loss object and cast once to the compute dtype. Without class statistics
+    (``class_freq`` None: a loss with no re-weighting and no NTR) the table is neutral."""
+    if class_freq is None:
+        class_freq = np.ones(num_classes)
+    n = torch.tensor(np.asarray(class_freq, dtype=np.float64))  # a copy: the statistics are read-only
     table = torch.empty((4, n.shape[0]), dtype=torch.float64)
     table[INV_FREQ] = 1.0 / n
     table[FREQ] = n
@@ -98,7 +102,7 @@ def kernel_spec(table: np.ndarray, cfg: LossConfig) -> KernelSpec:
     return KernelSpec(
         reweight_mode=mode,
         weight_norm={None: NORM_NONE, "by_instance": NORM_INSTANCE, "by_batch": NORM_BATCH}[cfg.weight_norm],
-        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=_REDUCTIONS[cfg.reduction],
+        logit_reg=cfg.logit_reg, focal=cfg.focal, reduction=REDUCTIONS.get(cfg.reduction, REDUCTION_SUM),
         map_alpha=float(cfg.map_alpha), map_beta=float(cfg.map_beta), map_gamma=float(cfg.map_gamma),
         cb_log_beta=math.log(cfg.cb_beta), neg_scale=float(cfg.neg_scale) if cfg.logit_reg else 1.0,
         gamma=float(cfg.gamma),
@@ -121,6 +125,8 @@ def known_count(labels):
 def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
     """The reduction scale when the host knows it (sum/none, or a mean over all N*C entries), else
     None: the mean then divides by avg_factor or by a count of known labels made on the device."""
+    if cfg.reduction == "batchmean":
+        return 1.0 / max(labels.shape[0], 1)
     if cfg.reduction != "mean":
         return 1.0
     if avg_factor is not None or (may_hold_unknown(labels) and has_unknown is not False):
@@ -129,29 +135,29 @@ def _host_scale(labels, cfg: LossConfig, avg_factor, has_unknown):
 
 
 def counted_mean(labels, cfg: LossConfig, avg_factor, has_unknown):
-    """Whether the mean needs a count of the known labels (then the CPU op can make it itself:
-    ``counted_spec``)."""
+    """Whether the mean needs a count of the known labels (then the CPU op can make it itself, as
+    reduction REDUCTION_MEAN_COUNTED)."""
     return avg_factor is None and _host_scale(labels, cfg, avg_factor, has_unknown) is None
 
 
-@functools.lru_cache(maxsize=64)
 def counted_spec(spec: KernelSpec) -> KernelSpec:
     """The spec of a mean whose count the CPU op makes (REDUCTION_MEAN_COUNTED)."""
     return dataclasses.replace(spec, reduction=REDUCTION_MEAN_COUNTED)
 
 
 def make_aux(logits, labels, cfg: LossConfig, spec: KernelSpec, class_freq, train_num, avg_factor=None,
-             has_unknown=None):
+             has_unknown=None, reduction=None, eager=None):
     """The 2-element device tensor [reduction scale, 1 / batch-max weight]; never syncs.
 
     ``has_unknown`` (False / True / None = not known) comes from the label check where one ran, so
-    labels known to hold no -1 skip the counting pass of the mean. A ``spec`` with
-    REDUCTION_MEAN_COUNTED gets no count: the op makes it.
+    labels known to hold no -1 skip the counting pass of the mean. ``reduction`` is the op's code
+    (default: the spec's): REDUCTION_MEAN_COUNTED gets no count, the op makes it.
     """
     dtype, device = compute_dtype(logits), logits.device
-    host_scale = 1.0 if spec.reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
+    reduction = spec.reduction if reduction is None else reduction
+    host_scale = 1.0 if reduction == REDUCTION_MEAN_COUNTED else _host_scale(labels, cfg, avg_factor, has_unknown)
     by_batch = spec.weight_norm == NORM_BATCH
-    if host_scale is not None and not by_batch and is_eager(logits):
+    if host_scale is not None and not by_batch and (is_eager(logits) if eager is None else eager):
         return _constant_aux(host_scale, dtype, device)
     if host_scale is not None:
         scale = torch.full((), host_scale, dtype=dtype, device=device)

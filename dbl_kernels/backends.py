@@ -6,44 +6,51 @@
     ``TRITON_INTERPRET=1``; importing the package never needs triton.
 
 ``"auto"`` (overridable with the environment variable ``DBL_BACKEND``) picks, by device:
-CUDA: triton, then cuda, then reference; CPU: cpu, then reference.
+CUDA: triton, then cuda, then reference; CPU: cpu, then reference. When it has to fall back to the
+reference because a fused backend is not built, it warns once (``UserWarning``) with the command
+that builds it; ``backend="reference"`` chooses the reference explicitly, without a warning.
+
+Resolution runs once per (backend, device type, DBL_BACKEND) and is a constant to torch.compile
+(``assume_constant_result``): the imports, logging and warnings it needs never enter a traced graph.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import warnings
 
 import torch
 
 log = logging.getLogger("dbl_kernels")
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
-_BUILD_HINT = "build it with `pip install --no-build-isolation -e .` from the repository root"
+BUILD_COMMAND = "pip install --no-build-isolation -e ."
+_BUILD_HINT = f"build it with `{BUILD_COMMAND}` from the repository root (torch installed first)"
+
+_MISSING = object()
+_LOADED = {}  # "cpp" / "triton" -> the backend module, or None (with the reason in _WHY)
+_WHY = {}
 
 
-@functools.lru_cache(maxsize=None)
-def _cpp():
-    """The compiled extension module, or None (with the reason logged once)."""
-    try:
-        from . import _C  # noqa: F401  (registers torch.ops.dbl.fused on import)
-        from . import cpp_ops
+def _load(name):
+    module = _LOADED.get(name, _MISSING)
+    if module is _MISSING:
+        try:
+            if name == "cpp":
+                from . import _C  # noqa: F401  (registers torch.ops.dbl.fused on import)
+                from . import cpp_ops as module
+            else:
+                from . import triton_kernel as module
 
-        return cpp_ops
-    except ImportError as exc:
-        log.info("dbl_kernels: C++ extension not available (%s); %s", exc, _BUILD_HINT)
-        return None
-
-
-@functools.lru_cache(maxsize=None)
-def _triton():
-    try:
-        from . import triton_kernel
-
-        return triton_kernel if triton_kernel.usable() else None
-    except ImportError as exc:
-        log.info("dbl_kernels: triton backend not available (%s)", exc)
-        return None
+                if not module.usable():
+                    module = None
+                    _WHY[name] = "no CUDA device (and TRITON_INTERPRET is not 1)"
+        except ImportError as exc:
+            module = None
+            _WHY[name] = str(exc)
+            log.info("dbl_kernels: %s backend not available (%s)", name, exc)
+        _LOADED[name] = module
+    return module
 
 
 def _triton_interpreted():
@@ -55,11 +62,11 @@ def has_backend(name):
     if name == "reference":
         return True
     if name == "cpu":
-        return _cpp() is not None and _cpp().has_cpu()
+        return _load("cpp") is not None and _load("cpp").has_cpu()
     if name == "cuda":
-        return _cpp() is not None and _cpp().has_cuda() and torch.cuda.is_available()
+        return _load("cpp") is not None and _load("cpp").has_cuda() and torch.cuda.is_available()
     if name == "triton":
-        return _triton() is not None and (torch.cuda.is_available() or _triton_interpreted())
+        return _load("triton") is not None and (torch.cuda.is_available() or _triton_interpreted())
     return False
 
 
@@ -83,13 +90,27 @@ def _supports(name, device_type):
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
 
 
-@functools.lru_cache(maxsize=None)
 def _auto(device_type):
     for name in _AUTO_ORDER.get(device_type, ("reference",)):
         if has_backend(name) and _supports(name, device_type):
             log.info("dbl_kernels: backend 'auto' uses %r on %s", name, device_type)
+            if name == "reference" and device_type in _AUTO_ORDER:
+                _warn_slow_path(device_type)
             return name
     return "reference"
+
+
+def _warn_slow_path(device_type):
+    if device_type == "cpu":
+        missing = f"the C++ extension dbl_kernels._C is not built ({_WHY.get('cpp', 'not found')})"
+        fix = f"build it with `{BUILD_COMMAND}` from the repository root, with torch installed first"
+    else:
+        missing = (f"neither triton ({_WHY.get('triton', 'not found')}) nor the CUDA build of the C++ "
+                   f"extension ({_WHY.get('cpp', 'built without CUDA')}) is available")
+        fix = f"`pip install triton`, or build the extension on a machine with nvcc: `{BUILD_COMMAND}`"
+    warnings.warn(f"dbl_kernels: backend='auto' runs the pure-PyTorch reference on {device_type} tensors, "
+                  f"about 10x slower than the fused kernel, because {missing}. To fix: {fix}. "
+                  "Pass backend='reference' to choose the reference explicitly.", UserWarning, stacklevel=2)
 
 
 def check_backend_name(backend):
@@ -97,8 +118,20 @@ def check_backend_name(backend):
         raise ValueError(f"backend={backend!r} is not supported; choose one of {list(BACKENDS)}")
 
 
+_RESOLVED = {}
+
+
+@torch.compiler.assume_constant_result
 def resolve(backend, device_type):
     """The concrete backend for tensors on ``device_type``; a clear error if it cannot run there."""
+    key = (backend, device_type, os.environ.get("DBL_BACKEND"))
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = _resolve(backend, device_type)
+    return name
+
+
+def _resolve(backend, device_type):
     check_backend_name(backend)
     if backend == "auto":
         backend = os.environ.get("DBL_BACKEND", "auto") or "auto"
@@ -114,9 +147,14 @@ def resolve(backend, device_type):
     return backend
 
 
+def cpu_threads():
+    """How many threads one call of the ``cpu`` backend really runs on: ``torch.get_num_threads()``
+    where the extension was built with OpenMP, else 1. Loads the extension."""
+    if _load("cpp") is None:
+        raise RuntimeError(f"the C++ extension is not built ({_WHY.get('cpp')}); {_BUILD_HINT}")
+    return int(torch.ops.dbl._cpu_parallel_threads())
+
+
 def fused_op(backend):
     """The registered op ``(op_args...) -> (loss, grad)`` of a fused backend."""
-    if backend == "triton":
-        return _triton().fused
-    return _cpp().fused
-
+    return _load("triton" if backend == "triton" else "cpp").fused

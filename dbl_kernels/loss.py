@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from . import backends, ops, reference
-from ._spec import class_params, counted_mean, counted_spec, kernel_spec, make_aux
+from . import _sparse, backends, ops, reference
+from ._labels import check_label_values
+from ._spec import REDUCTION_MEAN_COUNTED, REDUCTIONS, class_params, counted_mean, kernel_spec, make_aux
+from ._tracing import is_eager, transformed
 from .reference import LossConfig
 from .stats import PRESETS, ClassStats
 
+StatsLike = Union[ClassStats, str]
+
 _LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))
+_DB_FIELDS = tuple(f for f in _CONFIG_FIELDS if f not in ("smoothing", "focus_grad"))  # ASL's alone
 
 # The authors' configs per data set (their configs/coco and configs/voc DB-focal files).
 PRESET_CONFIGS = {
@@ -45,7 +51,7 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
                          "flatten extra dimensions into N first")
     if labels.shape != logits.shape:
         raise ValueError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
-    if logits.shape[1] != num_classes:
+    if num_classes is not None and logits.shape[1] != num_classes:
         raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
                          f"{num_classes} classes; pass the statistics of this label space")
     if labels.is_complex() or labels.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
@@ -69,68 +75,164 @@ def _check_inputs(logits, labels, weight, num_classes, validate_labels):
         validate_labels = (labels.device.type == "cpu" and not torch.compiler.is_compiling()
                            and not torch._C._functorch.is_functorch_wrapped_tensor(labels))
     if validate_labels and labels.numel() and labels.dtype != torch.bool:
-        return _check_label_values(labels)
+        return check_label_values(labels, _fast_label_check)
     return None
 
 
-def _any_between(labels):
-    """Whether any float label lies strictly in (-1, 0): one C++ pass where it applies (plain calls
-    on CPU tensors), else torch."""
-    if labels.device.type == "cpu" and backends.has_backend("cpu") and ops.is_eager(labels):
-        return torch.ops.dbl._labels_between(labels)
-    return bool(((labels < 0) & (labels > -1)).any())
+def _check_sparse(logits, labels, num_classes, validate_labels):
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if num_classes is not None and logits.dim() == 2 and logits.shape[1] != num_classes:
+        raise ValueError(f"logits have C={logits.shape[1]} columns but the class statistics have "
+                         f"{num_classes} classes; pass the statistics of this label space")
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but logits on {logits.device}; move them to one device")
+    validate = labels.device.type == "cpu" and not torch.compiler.is_compiling() if validate_labels is None \
+        else validate_labels
+    _sparse.check_csr(labels, logits.shape, validate)
 
 
-def _check_label_values(labels):
-    """Raise on labels outside {0, 1, -1} (ints) or [0, 1] u {-1} (floats); return whether any -1 is
-    present, which saves the kernels a counting pass for the mean."""
-    lo, hi = torch.aminmax(labels)
-    lo, hi = float(lo), float(hi)
-    if not labels.dtype.is_floating_point:
-        if lo < -1 or hi > 1:
-            raise ValueError(f"integer labels must be 0, 1 or -1 (unknown); found values in [{lo:g}, {hi:g}]")
-        return lo < 0
-    if not (lo >= -1 and hi <= 1):  # also catches NaN
-        raise ValueError(f"float labels must lie in [0, 1] or be -1 (unknown); found values in [{lo:g}, {hi:g}]")
-    if lo < 0 and _any_between(labels):
-        raise ValueError("float labels must lie in [0, 1] or be -1 (unknown); found negative values other than -1")
-    return lo < 0
+def _fast_label_check(labels):
+    """The C++ one-pass label check where it applies (plain calls on CPU tensors), else None."""
+    if labels.device.type == "cpu" and backends.has_backend("cpu") and is_eager(labels):
+        return torch.ops.dbl._check_labels(labels)
+    return None
 
 
 def _as_config(kwargs):
-    unknown = sorted(set(kwargs) - set(_CONFIG_FIELDS))
+    unknown = sorted(set(kwargs) - set(_DB_FIELDS))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; the loss accepts {list(_CONFIG_FIELDS)} and backend")
+        raise TypeError(f"unknown option(s) {unknown}; the loss accepts {list(_DB_FIELDS)} and backend")
     return LossConfig(**kwargs)
 
 
-class DistributionBalancedLoss(nn.Module):
+class _FusedLoss(nn.Module):
+    """What every loss of the family shares: input checks, the backend choice and the fused call.
+
+    A subclass sets ``config`` (a LossConfig) and provides ``_class_table(num_classes)`` (the 5 x C
+    float64 table tensor and its KernelSpec) and ``_reference_inputs()`` (class_freq, train_num and
+    pos_weight for the reference, each possibly None).
+    """
+
+    def __init__(self, config: LossConfig, backend: str, validate_labels: Optional[bool]) -> None:
+        super().__init__()
+        backends.check_backend_name(backend)
+        self.config = config
+        self.backend = backend
+        self.validate_labels = validate_labels
+        self._cast_cache = {}
+        self._ops = {}
+
+    num_classes: Optional[int] = None  # None: any
+
+    def _params(self, dtype, device=None, eager=True, num_classes=None):
+        """The class table in the compute dtype on ``device``, cast once per (device, dtype, table)
+        and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
+        buf, _ = self._class_table(num_classes)
+        device = buf.device if device is None else torch.device(device)
+        if not eager or buf.is_inference():
+            # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
+            # built under torch.inference_mode) have no version counter to key a cache on
+            return buf.to(device=device, dtype=dtype).contiguous()
+        key = (device, dtype, buf.shape[1])
+        cached = self._cast_cache.get(key)
+        if cached is None or cached[0] is not buf or cached[1] != buf._version:
+            if len(self._cast_cache) > 8:
+                self._cast_cache.clear()
+            cached = self._cast_cache[key] = (buf, buf._version, buf.to(device=device, dtype=dtype).contiguous())
+        return cached[2]
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction: Optional[str] = None) -> torch.Tensor:
+        """The loss of N x C ``logits`` against ``labels``; ``weight`` broadcasts to N x C and
+        multiplies the element losses; ``avg_factor`` replaces the mean's count; ``reduction``
+        overrides the module's for this call."""
+        cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
+        if _sparse.is_csr(labels):
+            # TODO(contract v2): the fused kernels read the CSR arrays; until then a dense int8 copy
+            _check_sparse(logits, labels, self.num_classes, self.validate_labels)
+            labels = _sparse.to_dense(labels, torch.int8 if labels.values().dtype != torch.bool else torch.bool)
+        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
+        backend = backends.resolve(self.backend, logits.device.type)
+        if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            backend = "reference"  # the fused kernels treat weight as a constant
+        if backend != "reference" and transformed(logits, weight):
+            backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
+        if backend != "reference" and not _fused_supports(cfg, self._reference_inputs()[2]):
+            backend = "reference"  # TODO(contract v2): asymmetric focusing and per-class sums in the kernels
+        if backend == "reference":
+            return self._reference_loss(logits, labels, cfg, weight, avg_factor)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
+
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
+        reduction = REDUCTIONS[cfg.reduction]
+        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
+            reduction = REDUCTION_MEAN_COUNTED  # the CPU op counts the known labels in its own pass
+        eager = is_eager(logits)
+        num_classes = logits.shape[1]
+        _, spec = self._class_table(num_classes)
+        class_freq, train_num, _ = self._reference_inputs()
+        aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager)
+        need_grad = torch.is_grad_enabled() and logits.requires_grad
+        kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
+        params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)
+        op, scalars = self._op(backend, spec, reduction, need_grad)
+        # for a differentiable backward (create_graph=True): the reference, called only then
+        reference_loss = (self._reference_loss, (labels, cfg, weight, avg_factor)) if need_grad and eager else None
+        return ops.call(op, (logits, labels, kernel_weight, params, aux), scalars, reference_loss, eager)
+
+    def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
+        class_freq, train_num, pos_weight = self._reference_inputs()
+        return reference.distribution_balanced_loss(logits, labels, class_freq, train_num, cfg, weight=weight,
+                                                    avg_factor=avg_factor, pos_weight=pos_weight)
+
+    def _op(self, backend, spec, reduction, need_grad):
+        """The fused op and its scalar arguments, built once per (backend, spec, reduction, need_grad)."""
+        key = (backend, spec, reduction, need_grad)
+        entry = self._ops.get(key)
+        if entry is None:
+            if len(self._ops) > 32:
+                self._ops.clear()
+            entry = self._ops[key] = (backends.fused_op(backend),
+                                      ops.op_args(*(None,) * 5, spec, need_grad, reduction)[5:])
+        return entry
+
+    def extra_repr(self):
+        cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
+        return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
+
+
+def _fused_supports(cfg, pos_weight):
+    """Whether the fused kernels compute this configuration (else the call runs the reference)."""
+    return not cfg.asymmetric and cfg.reduction != "per_class" and pos_weight is None
+
+
+class DistributionBalancedLoss(_FusedLoss):
     """Distribution-Balanced loss (Wu et al., ECCV 2020) for multi-label classification.
 
     ``stats`` is a :class:`ClassStats` (or a preset name). Defaults are the authors' COCO-MLT
     config. ``forward(logits, labels, weight=None)`` takes N x C logits and labels (1 positive,
-    0 negative, -1 unknown, or soft labels in [0, 1]).
+    0 negative, -1 unknown, or soft labels in [0, 1]). ``gamma_neg`` (None: ``gamma``) and
+    ``clip`` give DB asymmetric focusing (see README: DB-ASL).
     """
 
-    def __init__(self, stats, *, reweight="rebalance", weight_norm=None, focal=True, gamma=2.0,
-                 balance_param=2.0, logit_reg=True, neg_scale=2.0, init_bias=0.05, ntr_bias="official",
-                 map_alpha=0.1, map_beta=10.0, map_gamma=0.2, cb_beta=0.9, cb_mode="average_w",
-                 loss_weight=1.0, reduction="mean", backend="auto", validate_labels=None):
-        super().__init__()
+    def __init__(self, stats: StatsLike, *, reweight: Optional[str] = "rebalance", weight_norm: Optional[str] = None,
+                 focal: bool = True, gamma: float = 2.0, balance_param: float = 2.0, logit_reg: bool = True,
+                 neg_scale: float = 2.0, init_bias: float = 0.05, ntr_bias: str = "official", map_alpha: float = 0.1,
+                 map_beta: float = 10.0, map_gamma: float = 0.2, cb_beta: float = 0.9, cb_mode: str = "average_w",
+                 loss_weight: float = 1.0, reduction: str = "mean", gamma_neg: Optional[float] = None,
+                 clip: float = 0.0, backend: str = "auto", validate_labels: Optional[bool] = None) -> None:
+        config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
+                            balance_param=balance_param, logit_reg=logit_reg, neg_scale=neg_scale,
+                            init_bias=init_bias, ntr_bias=ntr_bias, map_alpha=map_alpha, map_beta=map_beta,
+                            map_gamma=map_gamma, cb_beta=cb_beta, cb_mode=cb_mode, loss_weight=loss_weight,
+                            reduction=reduction, gamma_neg=gamma_neg, clip=clip)
+        super().__init__(config, backend, validate_labels)
         self.stats = _as_stats(stats)
-        self.config = LossConfig(reweight=reweight, weight_norm=weight_norm, focal=focal, gamma=gamma,
-                                 balance_param=balance_param, logit_reg=logit_reg, neg_scale=neg_scale,
-                                 init_bias=init_bias, ntr_bias=ntr_bias, map_alpha=map_alpha,
-                                 map_beta=map_beta, map_gamma=map_gamma, cb_beta=cb_beta, cb_mode=cb_mode,
-                                 loss_weight=loss_weight, reduction=reduction)
-        backends.check_backend_name(backend)
-        self.backend = backend
-        self.validate_labels = validate_labels
         self._table = class_params(self.stats.class_freq, self.stats.train_num, self.config)
         self.spec = kernel_spec(self._table, self.config)
         self.register_buffer("class_freq", torch.from_numpy(self.stats.class_freq.copy()), persistent=False)
         self.register_buffer("class_params", torch.from_numpy(self._table.copy()), persistent=False)
-        self._cast_cache = {}
 
     def _apply(self, fn, *args, **kwargs):
         """Buffers follow the device of ``.to()`` / ``.cuda()``, but the class statistics stay
@@ -142,89 +244,54 @@ class DistributionBalancedLoss(nn.Module):
         return self
 
     @classmethod
-    def from_preset(cls, name, **overrides):
+    def from_preset(cls, name: str, **overrides) -> "DistributionBalancedLoss":
         """The statistics and the authors' loss config of ``"coco-mlt"`` or ``"voc-mlt"``."""
         if name not in PRESET_CONFIGS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESET_CONFIGS)}")
         return cls(ClassStats.preset(name), **{**PRESET_CONFIGS[name], **overrides})
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return self.stats.num_classes
 
-    def extra_repr(self):
-        cfg = ", ".join(f"{k}={getattr(self.config, k)!r}" for k in _CONFIG_FIELDS)
-        return f"num_classes={self.num_classes}, {cfg}, backend={self.backend!r}"
+    def _class_table(self, num_classes=None):
+        return self._buffers["class_params"], self.spec  # not self.class_params: Module.__getattr__ is slow
 
-    def _params(self, dtype, device=None):
-        """class_params in the compute dtype on the logits' device, cast once per (device, dtype)
-        and buffer version (a module not moved with ``.to()`` still works, like the reference)."""
-        buf = self.class_params
-        device = buf.device if device is None else torch.device(device)
-        if torch.compiler.is_compiling() or buf.is_inference():
-            # data_ptr() cannot be traced (the cast joins the graph); inference tensors (a module
-            # built under torch.inference_mode) have no version counter to key a cache on
-            return buf.to(device=device, dtype=dtype).contiguous()
-        key = (buf.device, device, dtype, buf.data_ptr(), buf._version)
-        cached = self._cast_cache.get(key)
-        if cached is None:
-            cached = buf.to(device=device, dtype=dtype).contiguous()
-            if len(self._cast_cache) > 8:
-                self._cast_cache.clear()
-            self._cast_cache[key] = cached
-        return cached
-
-    def forward(self, logits, labels, weight=None, avg_factor=None, reduction=None):
-        cfg = self.config if reduction is None else dataclasses.replace(self.config, reduction=reduction)
-        has_unknown = _check_inputs(logits, labels, weight, self.num_classes, self.validate_labels)
-        backend = backends.resolve(self.backend, logits.device.type)
-        if backend != "reference" and weight is not None and weight.requires_grad and torch.is_grad_enabled():
-            backend = "reference"  # the fused kernels treat weight as a constant
-        if backend != "reference" and reference.transformed(logits, weight):
-            backend = "reference"  # torch.func transforms and forward-mode AD: the fused ops have neither
-        if backend == "reference":
-            return reference.distribution_balanced_loss(logits, labels, self.class_freq, self.stats.train_num,
-                                                        cfg, weight=weight, avg_factor=avg_factor)
-        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown)
-
-    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown):
-        spec = self.spec if cfg is self.config else kernel_spec(self._table, cfg)
-        dtype = reference.compute_dtype(logits)
-        if weight is not None:  # strided inputs are the ops' business: they copy only what needs it
-            weight = weight.detach().expand(logits.shape)
-        if backend == "cpu" and counted_mean(labels, cfg, avg_factor, has_unknown):
-            spec = counted_spec(spec)  # the CPU op counts the known labels in its own pass
-        aux = make_aux(logits, labels, cfg, spec, self.class_freq, self.stats.train_num, avg_factor,
-                       has_unknown)
-        need_grad = torch.is_grad_enabled() and logits.requires_grad
-        params = self._params(dtype, logits.device)
-        return ops.call(backends.fused_op(backend), ops.op_args(logits, labels, weight, params, aux, spec, need_grad))
+    def _reference_inputs(self):
+        return self._buffers["class_freq"], self.stats.train_num, None
 
 
-def distribution_balanced_loss(logits, labels, stats, weight=None, *, backend="auto", validate_labels=None,
-                               avg_factor=None, **options):
+def distribution_balanced_loss(logits: torch.Tensor, labels: torch.Tensor, stats: StatsLike,
+                               weight: Optional[torch.Tensor] = None, *, backend: str = "auto",
+                               validate_labels: Optional[bool] = None,
+                               avg_factor: Optional[Union[float, torch.Tensor]] = None, **options) -> torch.Tensor:
     """Functional form of :class:`DistributionBalancedLoss` (same keywords; ``stats`` a
     :class:`ClassStats`, a preset name or a statistics file)."""
-    module = _functional_cache(stats, backend, validate_labels, **options)
+    module = _FUNCTIONAL[_functional_slot(stats, backend, validate_labels, **options)][1]
     return module(logits, labels, weight, avg_factor=avg_factor)
 
 
-_FUNCTIONAL = {}
+_FUNCTIONAL = {}  # slot -> (stats, module)
+_SLOTS = {}  # (statistics, options) -> slot
 
 
-def _functional_cache(stats, backend, validate_labels, **options):
-    """One module per (statistics, options): preset names and file paths key by name, so repeated
-    calls neither reload the file nor copy the class table to the device again."""
+@torch.compiler.assume_constant_result
+def _functional_slot(stats, backend, validate_labels, **options):
+    """The slot of the one module per (statistics, options): preset names and file paths key by
+    name, so repeated calls neither reload the file nor copy the class table to the device again.
+    A constant to torch.compile: building the module (numpy, file reads) never enters a graph."""
     config = _as_config(options)
     key = (stats if isinstance(stats, str) else id(stats), backend, validate_labels, config)
-    entry = _FUNCTIONAL.get(key)
-    if entry is None or not isinstance(stats, str) and entry[0] is not stats:
-        module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels,
-                                          **dataclasses.asdict(config))
+    slot = _SLOTS.get(key)
+    if slot is None or not isinstance(stats, str) and _FUNCTIONAL[slot][0] is not stats:
+        options = {k: v for k, v in dataclasses.asdict(config).items() if k in _DB_FIELDS}
+        module = DistributionBalancedLoss(_as_stats(stats), backend=backend, validate_labels=validate_labels, **options)
         if len(_FUNCTIONAL) > 32:
             _FUNCTIONAL.clear()
-        entry = _FUNCTIONAL[key] = (stats, module)
-    return entry[1]
+            _SLOTS.clear()
+        slot = _SLOTS[key] = max(_FUNCTIONAL, default=-1) + 1
+        _FUNCTIONAL[slot] = (stats, module)
+    return slot
 
 
 class ResampleLoss(DistributionBalancedLoss):
@@ -241,13 +308,14 @@ class ResampleLoss(DistributionBalancedLoss):
       * ``partial=True`` is accepted: -1 labels are always treated as unknown here.
     """
 
-    def __init__(self, use_sigmoid=True, partial=False, loss_weight=1.0, reduction="mean",
-                 reweight_func=None, weight_norm=None,
-                 focal=dict(focal=True, balance_param=2.0, gamma=2),
-                 map_param=dict(alpha=10.0, beta=0.2, gamma=0.1),
-                 CB_loss=dict(CB_beta=0.9, CB_mode="average_w"),
-                 logit_reg=dict(neg_scale=5.0, init_bias=0.1),
-                 freq_file=None, *, class_freq=None, neg_class_freq=None, stats=None, backend="auto", **kwargs):
+    def __init__(self, use_sigmoid: bool = True, partial: bool = False, loss_weight: float = 1.0,
+                 reduction: str = "mean", reweight_func: Optional[str] = None, weight_norm: Optional[str] = None,
+                 focal: Optional[dict] = dict(focal=True, balance_param=2.0, gamma=2),
+                 map_param: Optional[dict] = dict(alpha=10.0, beta=0.2, gamma=0.1),
+                 CB_loss: Optional[dict] = dict(CB_beta=0.9, CB_mode="average_w"),
+                 logit_reg: Optional[dict] = dict(neg_scale=5.0, init_bias=0.1),
+                 freq_file: Optional[str] = None, *, class_freq=None, neg_class_freq=None,
+                 stats: Optional[ClassStats] = None, backend: str = "auto", **kwargs) -> None:
         if not use_sigmoid:
             raise NotImplementedError("ResampleLoss(use_sigmoid=False) (softmax cross-entropy) is not part of the "
                                       "Distribution-Balanced loss; use torch.nn.CrossEntropyLoss")
@@ -275,7 +343,9 @@ class ResampleLoss(DistributionBalancedLoss):
         super().__init__(stats, backend=backend, **options)
         self.partial = partial
 
-    def forward(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None, **kwargs):
+    def forward(self, cls_score: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[Union[float, torch.Tensor]] = None, reduction_override: Optional[str] = None,
+                **kwargs) -> torch.Tensor:
         if reduction_override is not None and reduction_override not in ("none", "mean", "sum"):
             raise ValueError(f"reduction_override={reduction_override!r}; use 'none', 'mean' or 'sum'")
         return super().forward(cls_score, label, weight, avg_factor, reduction_override)

@@ -1,4 +1,13 @@
-"""Shared fixtures: the authors' golden values and the real label data in ../shared."""
+"""Shared fixtures: the authors' golden values and real label data, and DBL_REQUIRE.
+
+Data files are looked up in the copies shipped in tests/golden and tests/data, then in ../shared
+(the developers' shared folder, which also holds what is too big to ship: the authors' legacy
+pickle). DBL_SHARED=DIR replaces ../shared and is looked in first; DBL_SHARED=/nonexistent tests
+as a fresh clone would.
+
+DBL_REQUIRE=cpu,triton (CI sets it) turns the skips for a missing backend into failures, so a build
+that silently produced no extension cannot pass.
+"""
 import json
 import os
 from pathlib import Path
@@ -7,14 +16,31 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("DBL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GOLDEN = SHARED / "golden"
+TESTS = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("DBL_SHARED", TESTS.parents[1] / "shared"))
+_ROOTS = [SHARED, TESTS] if "DBL_SHARED" in os.environ else [TESTS, SHARED]
 DATASET_FILES = {"coco-mlt": "coco_mlt_train_labels.npz", "voc-mlt": "voc_mlt_train_labels.npz"}
+BACKENDS = ("cpu", "cuda", "triton")
+REQUIRED = sorted({b.strip() for b in os.environ.get("DBL_REQUIRE", "").split(",") if b.strip()})
+
+
+def find_data(relative):
+    """The first existing file of that name in the folders of _ROOTS (see the module docstring), or None."""
+    for root in _ROOTS:
+        if (root / relative).exists():
+            return root / relative
+    return None
+
+
+def _where(relative):
+    return ", ".join(str(root / relative) for root in _ROOTS)
+
+
+GOLDEN_JSON = find_data("golden/official_resample_loss.json")
 
 
 def _golden_cases():
-    path = GOLDEN / "official_resample_loss.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return json.loads(GOLDEN_JSON.read_text()) if GOLDEN_JSON else []
 
 
 GOLDEN_CASES = _golden_cases()
@@ -23,16 +49,17 @@ GOLDEN_CASES = _golden_cases()
 @pytest.fixture(scope="session")
 def golden_arrays():
     if not GOLDEN_CASES:
-        pytest.skip(f"golden values not found under {GOLDEN} (set DBL_SHARED)")
-    with np.load(GOLDEN / "official_resample_loss.npz") as data:
+        pytest.skip(f"golden values not found (looked for {_where('golden/official_resample_loss.json')})")
+    # the arrays from the same folder as the cases: a pair from two folders might not match
+    with np.load(GOLDEN_JSON.with_suffix(".npz")) as data:
         return {k: data[k] for k in data.files}
 
 
 def shared_file(relative):
-    """A file of the shared data folder, or a skip that says where it was looked for."""
-    path = SHARED / relative
-    if not path.exists():
-        pytest.skip(f"{relative} not found under {SHARED} (set DBL_SHARED to the shared data folder)")
+    """A data file (see the module docstring), or a skip that says where it was looked for."""
+    path = find_data(relative)
+    if path is None:
+        pytest.skip(f"{relative} not found (looked in {_where(relative)}; set DBL_SHARED to the shared data folder)")
     return path
 
 
@@ -53,3 +80,47 @@ def golden_case(case, arrays):
 def rel_err(a, b):
     a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+# -- DBL_REQUIRE: a missing backend fails instead of skipping ---------------------------------------
+_HOW_TO_GET = {
+    "cpu": "build the C++ extension (`pip install --no-build-isolation -e .`)",
+    "cuda": "build the C++ extension with a CUDA torch and nvcc (`pip install --no-build-isolation -e .`)",
+    "triton": "install triton and run on a GPU or with TRITON_INTERPRET=1",
+}
+
+
+def _required_message(backend, reason):
+    return (f"{reason}. DBL_REQUIRE={','.join(REQUIRED)} requires the {backend} backend, so this is a "
+            f"failure, not a skip: {_HOW_TO_GET[backend]}; `bash scripts/test.sh` sets all this up. "
+            "Or unset DBL_REQUIRE.")
+
+
+def needs_backend(backend, available, reason):
+    """A mark for tests that need ``backend``: a skip when it is missing, a failure when DBL_REQUIRE names it."""
+    if available or backend not in REQUIRED:
+        return pytest.mark.skipif(not available, reason=reason)
+    return pytest.mark.dbl_required_missing(_required_message(backend, reason))
+
+
+def backend_missing(backend, reason):
+    """Module level: skip the whole file for lack of ``backend``, or fail its collection when it is required."""
+    if backend in REQUIRED:
+        # from None: called in an `except ImportError`, whose traceback would bury the message
+        raise pytest.fail.Exception(_required_message(backend, reason), pytrace=False) from None
+    pytest.skip(reason, allow_module_level=True)
+
+
+def pytest_configure(config):
+    unknown = [b for b in REQUIRED if b not in BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"DBL_REQUIRE names unknown backend(s) {unknown}; use a comma-separated "
+                                f"subset of {', '.join(BACKENDS)}, e.g. DBL_REQUIRE=cpu,triton")
+    config.addinivalue_line("markers", "dbl_required_missing(message): a required backend is missing (DBL_REQUIRE)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    # in the call, not the setup: a failed test, not an error in a fixture
+    for mark in item.iter_markers("dbl_required_missing"):
+        pytest.fail(mark.args[0], pytrace=False)

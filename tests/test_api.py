@@ -218,18 +218,25 @@ def test_functional_reuses_one_module_per_preset():
 
 
 @pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in dk.available_backends()] or ["none"])
-@pytest.mark.parametrize("second, message", [(dict(create_graph=True), "create_graph"),
-                                             (dict(retain_graph=True), "already back-propagated")])
-def test_fused_second_backward_is_a_clear_error(backend, second, message):
-    # create_graph asks for second derivatives; a retained graph would scale the one buffer twice
+def test_registered_op_backward_twice_and_its_create_graph_error(backend):
+    # The op's own autograd (what traced code runs) scales out of place, so a retained graph can be
+    # back-propagated again; it has no differentiable backward, and says so.
     if backend == "none":
         pytest.skip("no fused CPU backend here")
+    from dbl_kernels import backends, ops
+    from dbl_kernels._spec import make_aux
+
     z, y = _inputs()
-    z.requires_grad_()
-    loss = dk.DistributionBalancedLoss("voc-mlt", backend=backend)(z, y)
-    with pytest.raises(RuntimeError, match=message):
-        torch.autograd.grad(loss, z, **second)
-        torch.autograd.grad(loss, z)
+    module = dk.DistributionBalancedLoss("voc-mlt", backend=backend)
+    z = z.requires_grad_()
+    aux = make_aux(z, y, module.config, module.spec, module.class_freq, module.stats.train_num)
+    args = ops.op_args(z, y, None, module._params(torch.float32), aux, module.spec, True)
+    loss, _ = backends.fused_op(backend)(*args)
+    a, = torch.autograd.grad(loss, z, retain_graph=True)
+    b, = torch.autograd.grad(loss, z, torch.tensor(2.0), retain_graph=True)
+    assert torch.equal(2 * a, b)
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(loss, z, create_graph=True)
 
 
 @pytest.mark.parametrize("backend", [b for b in ("cpu", "triton") if b in dk.available_backends()] or ["none"])
@@ -366,3 +373,28 @@ def test_mean_over_no_known_label_is_zero_with_zero_gradient(backend, labels_dty
     z = torch.zeros(6, 20, device=device, requires_grad=True)
     grad, = torch.autograd.grad(loss_fn(z, unknown), z)
     assert torch.equal(grad, torch.zeros_like(z))
+
+
+@pytest.mark.skipif("cpu" not in dk.available_backends(), reason="needs the C++ extension")
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
+                                   torch.bfloat16, torch.float32, torch.float64])
+def test_one_pass_label_check_agrees_with_torch(dtype):
+    from dbl_kernels._labels import check_label_values
+
+    def code(y):
+        try:
+            return int(check_label_values(y))
+        except ValueError:
+            return 2
+
+    g = torch.Generator().manual_seed(1)
+    base = (torch.rand(37, 70, generator=g) < 0.3).to(dtype)
+    values = [0, 1, -1, 2, -2, 127] + ([0.5, -0.5, -1.5, 1.0001, float("nan"), float("inf"), -0.0]
+                                       if dtype.is_floating_point else [])
+    for v in values:
+        y = base.clone()
+        if dtype == torch.uint8 and v < 0:
+            continue
+        y[23, 41] = v
+        for t in (y, y.t(), y[:, ::2], y[5:6]):  # strided and one-row views too
+            assert torch.ops.dbl._check_labels(t) == code(t), (v, t.shape, t.stride())

@@ -19,7 +19,7 @@ import dbl_kernels as dk
 from dbl_kernels import ops
 from dbl_kernels._spec import make_aux
 
-from conftest import GOLDEN_CASES, golden_case, rel_err
+from conftest import GOLDEN_CASES, golden_case, needs_backend, rel_err
 
 try:
     from dbl_kernels import cpp_ops
@@ -29,7 +29,7 @@ else:
     _MISSING = ""
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_ext = pytest.mark.skipif(cpp_ops is None, reason=_MISSING or "built")
+needs_ext = needs_backend("cpu", cpp_ops is not None, _MISSING)
 DEVICES = ["cpu"] + (["cuda"] if cpp_ops is not None and cpp_ops.has_cuda() and torch.cuda.is_available() else [])
 TOL = 1e-5  # fp32, relative (loss) and relative by norm (gradient), as for the golden values
 
@@ -368,12 +368,16 @@ def test_elementary_functions_within_two_ulp():
         1: (np.concatenate([rng.uniform(-87, 1, 500_000), -np.exp(rng.uniform(-30, 4.4, 500_000))]), np.expm1),
         2: (np.concatenate([rng.uniform(0, 1, 500_000), np.exp(rng.uniform(-80, 0, 500_000))]), np.log1p),
         3: (np.concatenate([rng.uniform(1e-6, 1, 500_000), np.exp(rng.uniform(-100, 0, 500_000))]), np.log),
+        # exp2 and log2: the CPU's exact stand-ins for the GPU's ex2/lg2.approx (see dbl_math.h)
+        4: (np.concatenate([rng.uniform(-125, 128, 500_000), -np.exp(rng.uniform(-30, 4.8, 500_000))]), np.exp2),
+        5: (np.concatenate([rng.uniform(1e-6, 2, 500_000), np.exp(rng.uniform(-86, 0, 500_000))]), np.log2),
     }
     for fn, (x, ref) in cases.items():
         x32 = x.astype(np.float32)
         got = torch.ops.dbl._cpu_math(torch.from_numpy(x32), fn).numpy()
         exact = ref(x32.astype(np.float64))
-        assert _ulp_error(got, exact).max() <= 2.0, fn
+        # log2 is the log1p fit times log2(e): one more rounding (2.2 ulp at most, near sqrt(2))
+        assert _ulp_error(got, exact).max() <= (2.5 if fn == 5 else 2.0), fn
     special = torch.ops.dbl._cpu_math(torch.tensor([-np.inf, np.inf, np.nan, -200.0]), 0)
     assert special[0] == 0 and special[1] == np.inf and special[2].isnan() and special[3] == 0
 
@@ -448,7 +452,7 @@ def test_cpu_element_loop_vectorises(tmp_path):
         pytest.skip("needs g++ on x86-64 (the -fopt-info report is g++'s)")
     src = ROOT / "csrc" / "dbl_cpu.cpp"
     lines = src.read_text().splitlines()
-    loop = next(i for i, line in enumerate(lines) if "const T wr = REBAL" in line)  # 0-based: the for is above
+    loop = next(i for i, line in enumerate(lines) if "const T f = (y[j] != T(-1)" in line) - 1  # 0-based: the for is 2 lines above
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     # The flags of setup.py, plus the vectoriser's report.
     cmd = [cxx, "-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-fPIC", *includes,
@@ -456,9 +460,9 @@ def test_cpu_element_loop_vectorises(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = [l for l in out.stderr.splitlines() if f"dbl_cpu.cpp:{loop}:" in l and "loop vectorized" in l]
-    # 20 fp32 variants of the loop (reweight x focal x labels x grad), each in three ISA builds.
+    # 24 fp32 variants of the loop (reweight x focal x labels x grad), each in three ISA builds.
     for width in ("64 byte", "32 byte", "16 byte"):
-        assert sum(width in l for l in report) >= 20, (width, report)
+        assert sum(width in l for l in report) >= 24, (width, report)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,13 +490,15 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     torch_flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
     jobs = [subprocess.Popen([nvcc, "-c", "-std=c++17", "-O3", *torch_flags, f"-arch={arch}", "-I", str(ROOT / "csrc"), str(src),
-                              "-o", str(tmp_path / f"{src.stem}_{arch}.o")],
+                              "-Xptxas", "-v", "-o", str(tmp_path / f"{src.stem}_{arch}.o")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for src in sources for arch in ("sm_80", "sm_90")]
     for job in jobs:
-        out, _ = job.communicate(timeout=600)
+        out, _ = job.communicate(timeout=900)
         assert job.returncode == 0, out
         assert "warning" not in out.lower(), out
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", out)]
+        assert spills and not any(spills), "a kernel spills registers"  # ptxas -v, every kernel
 
 
 def _torch_loads_libgomp():

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dbl_kernels import ClassStats, DistributionBalancedLoss
+from dbl_kernels import AsymmetricLoss, ClassStats, DistributionBalancedLoss
 from dbl_kernels.demo import data as demo_data
+from dbl_kernels.demo import report as demo_report
 from dbl_kernels.demo.metrics import average_precision, class_splits, per_class_ap, split_map
 from dbl_kernels.demo.train import LOSSES
 
@@ -149,11 +150,54 @@ def test_bce_and_focal_entries_are_plain_bce_and_focal():
     labels = (torch.rand(16, 10) < 0.3).double()
     stats = ClassStats.from_counts(np.arange(1, 11) * 10.0, train_num=200)
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    loss = DistributionBalancedLoss(stats, backend="reference", **LOSSES["BCE"])
+    loss = LOSSES["BCE"].build(stats, "reference")
     torch.testing.assert_close(loss(logits, labels), bce.mean())
-    focal = DistributionBalancedLoss(stats, backend="reference", **LOSSES["focal"])
+    focal = LOSSES["focal"].build(stats, "reference")
     torch.testing.assert_close(focal(logits, labels), (2.0 * (1 - torch.exp(-bce)) ** 2 * bce).mean())
-    assert DistributionBalancedLoss(stats, **LOSSES["DB-focal"]).config == DistributionBalancedLoss(stats).config
+    assert LOSSES["DB-focal"].build(stats, "auto").config == DistributionBalancedLoss(stats).config
+
+
+def test_asl_entries_are_the_papers_defaults_averaged():
+    torch.manual_seed(1)
+    logits = torch.randn(16, 10, dtype=torch.float64) * 3
+    labels = (torch.rand(16, 10) < 0.3).double()
+    stats = ClassStats.from_counts(np.arange(1, 11) * 10.0, train_num=200)
+    # ASL written out (Ridnik et al., eq. 1-4): gamma_neg 4, gamma_pos 1, margin 0.05; here a mean
+    p = torch.sigmoid(logits)
+    p_m = (p - 0.05).clamp(min=0)
+    element = -(labels * (1 - p) * torch.log(p) + (1 - labels) * p_m ** 4 * torch.log(1 - p_m))
+    asl = LOSSES["ASL"].build(stats, "reference")
+    assert isinstance(asl, AsymmetricLoss)
+    torch.testing.assert_close(asl(logits, labels), element.mean())
+    # DB-ASL: DB-focal's defaults (re-balancing, NTR, balance_param 2, gamma 2 for positives) and
+    # ASL's negatives; on positives alone it is DB-focal, on negatives it is not
+    db_asl, db = LOSSES["DB-ASL"].build(stats, "reference"), LOSSES["DB-focal"].build(stats, "reference")
+    expected = DistributionBalancedLoss(stats, gamma_neg=4, clip=0.05).config
+    assert db_asl.config == expected and expected.gamma == 2.0 and expected.reweight == "rebalance"
+    assert expected.logit_reg and expected.balance_param == 2.0 and expected.reduction == "mean"
+    ones = torch.ones_like(labels)
+    torch.testing.assert_close(db_asl(logits, ones), db(logits, ones))
+    assert not torch.allclose(db_asl(logits, labels), db(logits, labels))
+    for loss in LOSSES.values():  # one reduction for every loss: the mean over the N x C labels
+        built = loss.build(stats, "reference")
+        torch.testing.assert_close(built(logits, labels), built(logits, labels, reduction="sum") / labels.numel())
+
+
+def test_paired_gains_by_hand():
+    runs = [{"seed": seed, "sampler": "uniform", "loss": loss, "map": {"total": total, "tail": tail}}
+            for seed, loss, total, tail in [(0, "DB-focal", 80.0, 60.0), (0, "BCE", 78.0, 61.0), (0, "ASL", 79.0, 55.0),
+                                            (0, "DB-ASL", 81.0, 58.0), (1, "DB-focal", 82.0, 70.0),
+                                            (1, "BCE", 79.0, 64.0), (1, "ASL", 83.0, 66.0), (1, "DB-ASL", 82.5, 67.0)]]
+    pairs = demo_report.comparisons(["BCE", "DB-focal", "ASL", "DB-ASL"])
+    assert pairs == [("DB-focal", "BCE"), ("DB-focal", "ASL"), ("DB-focal", "DB-ASL"), ("DB-ASL", "ASL")]
+    gains = demo_report.paired_gains(runs, pairs)
+    assert gains["DB-focal"]["uniform"]["BCE"] == {"total": (2.5, 2, 2), "tail": (2.5, 1, 2)}
+    assert gains["DB-focal"]["uniform"]["ASL"] == {"total": (0.0, 1, 2), "tail": (4.5, 2, 2)}
+    assert gains["DB-ASL"]["uniform"] == {"ASL": {"total": (0.75, 1, 2), "tail": (2.0, 2, 2)}}
+    table = demo_report.gains_table(gains)
+    assert "uniform      DB-ASL    ASL          +0.8 (1/2)    +2.0 (2/2)" in table
+    assert demo_report.comparisons(["BCE", "ASL"]) == [] and demo_report.comparisons(["ASL", "DB-ASL"]) == [
+        ("DB-ASL", "ASL")]
 
 
 # -- end to end --------------------------------------------------------------------------------
@@ -167,7 +211,7 @@ def test_short_run_writes_table_plots_and_results(tmp_path, capsys):
     assert main(["--seeds", "2", "--epochs", "2", "--out", str(tmp_path)]) == 0
     assert torch.get_num_threads() == threads
     out = capsys.readouterr().out
-    assert "class-aware  DB-focal" in out and "tail < 20 (3)" in out and "paired by seed" in out
+    assert "class-aware  DB-ASL" in out and "tail < 20 (3)" in out and "Paired by seed" in out
     for name in ("per_class_ap.png", "map_by_split.png"):
         assert (tmp_path / name).stat().st_size > 5000 and str(tmp_path / name) in out
     results = json.loads((tmp_path / "results.json").read_text())
@@ -179,10 +223,15 @@ def test_short_run_writes_table_plots_and_results(tmp_path, capsys):
         assert 0 <= run["map"]["tail"] <= 100 and len(run["per_class_ap"]) == 10
         mean, std = results["summary"][run["sampler"]][run["loss"]]["total"]
         assert 0 <= mean <= 100 and std >= 0
-    gains = results["db_focal_paired_gains"]["uniform"]["BCE"]["tail"]
-    db = [r["map"]["tail"] for r in results["runs"] if r["sampler"] == "uniform" and r["loss"] == "DB-focal"]
-    bce = [r["map"]["tail"] for r in results["runs"] if r["sampler"] == "uniform" and r["loss"] == "BCE"]
-    assert gains[0] == pytest.approx(np.mean(np.subtract(db, bce))) and gains[2] == 2
+    assert results["losses"]["ASL"] == {"class": "AsymmetricLoss",
+                                        "options": dict(gamma_neg=4, gamma_pos=1, clip=0.05, reduction="mean")}
+
+    def tails(sampler, loss):
+        return [r["map"]["tail"] for r in results["runs"] if r["sampler"] == sampler and r["loss"] == loss]
+    for first, second in [("DB-focal", "BCE"), ("DB-focal", "DB-ASL"), ("DB-ASL", "ASL")]:
+        gains = results["paired_gains"][first]["class-aware"][second]["tail"]
+        expected = np.subtract(tails("class-aware", first), tails("class-aware", second))
+        assert gains[0] == pytest.approx(np.mean(expected)) and gains[1] == np.sum(expected > 0) and gains[2] == 2
 
 
 def test_missing_extras_and_bad_backend_give_clear_errors(monkeypatch, capsys, tmp_path):
@@ -190,7 +239,7 @@ def test_missing_extras_and_bad_backend_give_clear_errors(monkeypatch, capsys, t
 
     monkeypatch.setattr(cli, "missing_extras", lambda: ["tqdm"])
     assert cli.main(["--quick", "--out", str(tmp_path)]) == 2
-    assert "pip install 'dbl_kernels[demo]'" in capsys.readouterr().err
+    assert "pip install tqdm" in capsys.readouterr().err
     monkeypatch.setattr(cli, "missing_extras", lambda: [])
     assert cli.main(["--quick", "--device", "cpu", "--backend", "cuda", "--out", str(tmp_path)]) == 2
     assert "backend='cuda'" in capsys.readouterr().err

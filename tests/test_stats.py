@@ -119,6 +119,9 @@ def _ddp_worker(rank, world, port, labels, out):
     try:
         shard = labels[rank::world]
         stats = ClassStats.from_labels(shard, distributed=True)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(len(shard)), shard), batch_size=4)
+        by_loader = ClassStats.from_loader(loader, distributed=True, progress=False)
+        assert by_loader.class_freq.tolist() == stats.class_freq.tolist() and by_loader.train_num == stats.train_num
         out[rank] = (stats.class_freq.tolist(), stats.train_num)
     finally:
         dist.destroy_process_group()
@@ -144,3 +147,33 @@ def test_distributed_counts_sum_over_ranks():
 def test_distributed_needs_process_group():
     with pytest.raises(ValueError, match="process group"):
         ClassStats.from_labels(np.ones((2, 2)), distributed=True)
+
+
+def test_from_loader_equals_from_labels_on_the_concatenated_labels(capsys):
+    rng = np.random.default_rng(3)
+    labels = torch.from_numpy(rng.integers(-1, 2, size=(53, 7)).astype(np.int8))  # partial labels
+    labels[:, 0] = 1
+    labels[:, 1] = 0
+    labels[0, :2] = torch.tensor([0, 1])
+    dataset = torch.utils.data.TensorDataset(torch.randn(53, 3), labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True)
+    whole = ClassStats.from_labels(labels)
+    for stats in (ClassStats.from_loader(loader),  # (inputs, labels) tuples, with a progress bar
+                  ClassStats.from_loader(({"image": x, "labels": y} for x, y in loader), progress=False),
+                  ClassStats.from_loader(loader, labels=lambda batch: batch[1].float(), progress=False)):
+        np.testing.assert_array_equal(stats.class_freq, whole.class_freq)
+        assert stats.train_num == whole.train_num == 53
+    assert "class statistics" in capsys.readouterr().err  # tqdm's bar
+
+
+def test_from_loader_errors_name_the_batch():
+    good, bad = torch.zeros(2, 3, dtype=torch.uint8), torch.full((2, 3), 2, dtype=torch.uint8)
+    good[0] = 1
+    with pytest.raises(ValueError, match="integer labels of batch 1 must be 0, 1 or -1"):
+        ClassStats.from_loader([(None, good), (None, bad)], progress=False)
+    with pytest.raises(ValueError, match="batch 1 have 4 classes"):
+        ClassStats.from_loader([(None, good), (None, torch.zeros(2, 4))], progress=False)
+    with pytest.raises(TypeError, match="labels=lambda batch"):
+        ClassStats.from_loader([torch.zeros(2, 3)], progress=False)
+    with pytest.raises(ValueError, match="no batch"):
+        ClassStats.from_loader([], progress=False)

@@ -10,18 +10,22 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import GOLDEN_CASES, backend_missing, golden_case, rel_err
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if not _INTERPRET and not torch.cuda.is_available():
-    pytest.skip("the triton backend needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
-pytest.importorskip("triton")
+    backend_missing("triton", "the triton backend needs CUDA or TRITON_INTERPRET=1")
+try:
+    import triton  # noqa: F401
+except ImportError as exc:
+    backend_missing("triton", f"triton is not importable ({exc})")
 
-from conftest import GOLDEN_CASES, golden_case, rel_err  # noqa: E402
 from dbl_kernels import ClassStats, DistributionBalancedLoss, ResampleLoss, ops  # noqa: E402
 from dbl_kernels import triton_kernel as tk  # noqa: E402
 from dbl_kernels._spec import class_params, kernel_spec, make_aux  # noqa: E402
 
 if not tk.usable():
-    pytest.skip("triton backend not usable here", allow_module_level=True)
+    backend_missing("triton", "triton backend not usable here")
 
 # the interpreter evaluates masked lanes too (1/0, exp overflow): numpy warns, results are selected away
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

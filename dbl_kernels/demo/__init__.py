@@ -1,6 +1,6 @@
 """``python -m dbl_kernels.demo``: what the Distribution-Balanced loss does on long-tailed data.
 
-Needs the optional extras (``pip install 'dbl_kernels[demo]'``: scikit-learn, matplotlib, tqdm).
+Needs the optional extras (``pip install scikit-learn matplotlib tqdm``: scikit-learn, matplotlib, tqdm).
 """
 
 

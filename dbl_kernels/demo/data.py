@@ -45,7 +45,7 @@ def load_source_digits():
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise ImportError("the demo's data set needs scikit-learn: pip install 'dbl_kernels[demo]'") from exc
+        raise ImportError("the demo's data set needs scikit-learn: pip install scikit-learn matplotlib tqdm") from exc
     digits = load_digits()
     images, targets = (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
     images.setflags(write=False)

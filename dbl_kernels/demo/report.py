@@ -45,34 +45,50 @@ def table(summary, num_seeds, epochs, class_counts):
     return "\n".join(lines)
 
 
-def paired_gains(runs, reference="DB-focal", splits=("total", "tail")):
-    """{sampler: {loss: {split: (mean difference, seeds where reference is higher, seeds)}}}.
+def comparisons(losses):
+    """The (first, second) loss pairs of the paired table: DB-focal against every other loss, and
+    DB-ASL against ASL (what DB's re-balancing and NTR add to asymmetric focusing)."""
+    pairs = [("DB-focal", other) for other in losses if other != "DB-focal"] if "DB-focal" in losses else []
+    if "DB-ASL" in losses and "ASL" in losses:
+        pairs.append(("DB-ASL", "ASL"))
+    return pairs
+
+
+def paired_gains(runs, pairs, splits=("total", "tail")):
+    """{first: {sampler: {second: {split: (mean difference, seeds where first is higher, seeds)}}}}
+    for each (first, second) pair.
 
     Differences are taken per seed (same data, initial weights and batches), which removes the
     seed-to-seed spread that dominates the std in the table (e.g. which digit happens to be rare).
     """
     maps = {(r["sampler"], r["loss"], r["seed"]): r["map"] for r in runs}
-    diffs = {}
-    for (sampler, loss, seed), other in maps.items():
-        ref = maps.get((sampler, reference, seed))
-        if loss != reference and ref is not None:
-            per_split = diffs.setdefault(sampler, {}).setdefault(loss, {split: [] for split in splits})
+    samplers = list(dict.fromkeys(r["sampler"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    gains = {}
+    for first, second in pairs:
+        for sampler in samplers:
+            both = [(maps[(sampler, first, s)], maps[(sampler, second, s)]) for s in seeds
+                    if (sampler, first, s) in maps and (sampler, second, s) in maps]
+            if not both:
+                continue
+            cells = {}
             for split in splits:
-                per_split[split].append(ref[split] - other[split])
-    return {sampler: {loss: {split: (float(np.mean(d)), int(np.sum(np.asarray(d) > 0)), len(d))
-                             for split, d in per_split.items()}
-                      for loss, per_split in by_loss.items()}
-            for sampler, by_loss in diffs.items()}
+                d = np.array([a[split] - b[split] for a, b in both])
+                cells[split] = (float(np.mean(d)), int(np.sum(d > 0)), len(d))
+            gains.setdefault(first, {}).setdefault(sampler, {})[second] = cells
+    return gains
 
 
-def gains_table(gains, reference="DB-focal", splits=("total", "tail")):
-    lines = [f"{reference} minus each loss, paired by seed: mean difference in mAP points "
-             f"(seeds where {reference} is higher)", "",
-             (f"{'sampler':<12} {'vs':<9} " + " ".join(f"{s:^13}" for s in splits)).rstrip()]
-    for sampler, by_loss in gains.items():
-        for loss, cells in by_loss.items():
-            text = " ".join(f"{m:+6.1f} ({w}/{n})".rjust(13) for m, w, n in (cells[s] for s in splits))
-            lines.append(f"{sampler:<12} {loss:<9} {text}")
+def gains_table(gains, splits=("total", "tail")):
+    lines = ["Paired by seed: the first loss minus the second, mean difference in mAP points "
+             "(seeds where the first is higher)", "",
+             (f"{'sampler':<12} {'loss':<9} {'minus':<9} " + " ".join(f"{s:^13}" for s in splits)).rstrip()]
+    samplers = list(dict.fromkeys(sampler for by_sampler in gains.values() for sampler in by_sampler))
+    for sampler in samplers:
+        for first, by_sampler in gains.items():
+            for second, cells in by_sampler.get(sampler, {}).items():
+                text = " ".join(f"{m:+6.1f} ({w}/{n})".rjust(13) for m, w, n in (cells[s] for s in splits))
+                lines.append(f"{sampler:<12} {first:<9} {second:<9} {text}")
     return "\n".join(lines)
 
 
@@ -95,7 +111,8 @@ def plot_per_class(runs, samplers, losses, path):
     for ax, sampler in zip(axes, samplers):
         for loss in losses:
             counts, ap = by_frequency_rank(runs, sampler, loss)
-            ax.plot(counts, ap, marker="o", markersize=4, label=loss)
+            # the asymmetric-focusing losses dashed, so DB-focal / DB-ASL and focal / ASL pair up
+            ax.plot(counts, ap, marker="o", markersize=4, label=loss, linestyle="--" if "ASL" in loss else "-")
         ax.set_xscale("log")
         for edge in (TAIL_MAX, HEAD_MIN):
             ax.axvline(edge, color="0.6", linestyle=":", linewidth=1)
@@ -123,8 +140,8 @@ def plot_splits(summary, samplers, losses, path):
         ax.set_title(f"{sampler} sampling", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("mAP (%), mean ± std over seeds")
-    axes[0].set_ylim(0, 112)
-    axes[-1].legend(fontsize=8, loc="upper center", ncol=len(losses), handlelength=1, columnspacing=1)
+    axes[0].set_ylim(0, 112 if len(losses) <= 4 else 122)
+    axes[-1].legend(fontsize=8, loc="upper center", ncol=min(len(losses), 3), handlelength=1, columnspacing=1)
     fig.savefig(path, dpi=90)
 
 

@@ -7,19 +7,42 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import DistributionBalancedLoss
+from .. import AsymmetricLoss, DistributionBalancedLoss
 from ..stats import ClassStats
 from . import data as data_mod
 from .metrics import class_splits, per_class_ap, split_map
 
-# DistributionBalancedLoss options per compared loss; everything else stays at the authors'
-# COCO-MLT defaults (focal gamma 2 with balance_param 2; CB beta 0.9, "average_w"; DB map
-# alpha/beta/gamma 0.1/10/0.2; NTR lambda 2, kappa 0.05).
+
+@dataclass(frozen=True)
+class LossChoice:
+    """One compared loss: the package class and its options (everything else at its defaults)."""
+
+    cls: type
+    options: dict
+
+    def build(self, stats, backend):
+        if self.cls is AsymmetricLoss:  # uses no class statistics
+            return AsymmetricLoss(backend=backend, **self.options)
+        return self.cls(stats, backend=backend, **self.options)
+
+    def describe(self):
+        return {"class": self.cls.__name__, "options": dict(self.options)}
+
+
+# The DB family through DistributionBalancedLoss, everything else at the authors' COCO-MLT
+# defaults (focal gamma 2 with balance_param 2; CB beta 0.9, "average_w"; DB map alpha/beta/gamma
+# 0.1/10/0.2; NTR lambda 2, kappa 0.05). ASL with Ridnik et al.'s defaults (gamma_neg 4,
+# gamma_pos 1, clip 0.05); DB-ASL is DB-focal's defaults with ASL's negative side (gamma_neg 4,
+# clip 0.05; positives keep DB's gamma 2). Every loss is a mean over the N x C entries: ASL's
+# own default is a sum, but the DB losses average, and one reduction keeps the comparison about
+# the loss's shape, not its scale (AdamW is nearly scale-free anyway: see Settings).
 LOSSES = {
-    "BCE": dict(reweight=None, focal=False, logit_reg=False),
-    "focal": dict(reweight=None, focal=True, logit_reg=False),
-    "CB-focal": dict(reweight="CB", focal=True, logit_reg=False),
-    "DB-focal": dict(),
+    "BCE": LossChoice(DistributionBalancedLoss, dict(reweight=None, focal=False, logit_reg=False)),
+    "focal": LossChoice(DistributionBalancedLoss, dict(reweight=None, focal=True, logit_reg=False)),
+    "CB-focal": LossChoice(DistributionBalancedLoss, dict(reweight="CB", focal=True, logit_reg=False)),
+    "DB-focal": LossChoice(DistributionBalancedLoss, dict()),
+    "ASL": LossChoice(AsymmetricLoss, dict(gamma_neg=4, gamma_pos=1, clip=0.05, reduction="mean")),
+    "DB-ASL": LossChoice(DistributionBalancedLoss, dict(gamma_neg=4, clip=0.05)),
 }
 SAMPLERS = ("uniform", "class-aware")
 
@@ -29,9 +52,10 @@ class Settings:
     """Model and optimiser, shared by every loss: learning rate and batch size chosen on BCE's
     results, epochs where the results stop moving much; nothing is set per loss.
 
-    AdamW, because its update does not depend on the loss's overall scale: CB weights with
-    beta 0.9 shrink the loss about tenfold, which under SGD would act as a tenfold smaller
-    learning rate rather than as re-weighting.
+    AdamW, because its update does not depend on the loss's overall scale (up to its eps): CB
+    weights with beta 0.9 shrink the loss about tenfold, and ASL's focusing shrinks the negatives'
+    terms by orders of magnitude, which under SGD would act as a smaller learning rate rather
+    than as re-weighting. Only the balance between terms within a loss moves the model.
     """
 
     epochs: int = 100
@@ -121,7 +145,7 @@ def run_seed(seed, settings, losses=tuple(LOSSES), samplers=SAMPLERS, backend="a
     per_class = {}
     for sampler in samplers:
         for name in losses:
-            loss_fn = DistributionBalancedLoss(stats, backend=backend, **LOSSES[name]).to(device)
+            loss_fn = LOSSES[name].build(stats, backend).to(device)
             model = train_one(loss_fn, train_x, train_y, settings, seed, sampler, on_epoch)
             ap = per_class_ap(predict(model, test_x), data.test_labels)
             per_class[(sampler, name)] = ap
