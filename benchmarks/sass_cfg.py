@@ -3,7 +3,8 @@ instructions one pass through each part of a kernel issues. ``static_check.py`` 
 with a trip-count model into instructions per element. Reads text only: no GPU, no CUDA toolkit.
 
 * ``parse_listing(text)`` -> ``{function: [Instr]}``, branch targets resolved whether the listing
-  gives addresses (``BRA 0x1d0``) or labels (``BRA `(.L_x_3)``, ``.L_x_3:`` lines).
+  gives addresses (``BRA 0x1d0``) or labels (``BRA `(.L_x_3)``, ``.L_x_3:`` lines);
+  ``split_raw(text, starts)`` the same for one ``nvdisasm -b`` listing of many functions.
 * ``constant_tables(elf_text)`` -> ``{function: [words]}`` of ``.nv.constant2`` from
   ``cuobjdump --dump-elf``: the jump tables of ``BRX`` (a ``switch``).
 * ``analyse(instrs, table, cold)`` -> ``Cost``: the straight-line code (outside every loop) and,
@@ -17,7 +18,7 @@ the table's start; it ends where the next table starts). ``BSSY``/``BSYNC``/``WA
 ordinary instructions: they issue and are counted, as do predicated-off ones (``@!PT``, ``@P0`` when
 P0 is false). Only blocks reachable from the entry count, so
 the ``BRA``-to-itself and ``NOP`` padding after the last ``EXIT`` never do. A ``CALL`` adds its
-callee's longest path (up to ``RET``) to its block.
+callee's longest path (up to ``RET``, once through any loop in it) to its block.
 
 Loops are the natural loops of the back edges (edges to a block that dominates their source);
 loops sharing a header are one loop, and a loop inside another is its child. A block belongs to
@@ -101,6 +102,21 @@ def parse_function(text):
         if target and not target.startswith("0x"):
             target = hex(labels[target]) if target in labels else ""
         out.append(Instr(ins.addr, ins.op, ins.operands, ins.guard, target))
+    return out
+
+
+def split_raw(text, starts):
+    """Functions of one ``nvdisasm -b SMxx`` listing of several ``.text`` sections laid end to end,
+    beginning at byte offsets ``starts``: one [Instr] each, addresses and targets rebased to 0."""
+    bounds = list(starts) + [float("inf")]
+    out = [[] for _ in starts]
+    k = 0
+    for ins in parse_function(text):
+        while ins.addr >= bounds[k + 1]:
+            k += 1
+        base = bounds[k]
+        target = hex(int(ins.target, 16) - base) if ins.target else ""
+        out[k].append(Instr(ins.addr - base, ins.op, ins.operands, ins.guard, target))
     return out
 
 
@@ -346,7 +362,7 @@ def analyse(instrs, table=None, cold=None):
     for i in sorted(range(len(loops)), key=lambda i: -len(loops[i].blocks)):
         for b in loops[i].blocks:
             innermost[b] = i
-    callee = _callee_costs(g, problems)
+    callee = _callee_costs(g)
 
     def weight(node):
         if isinstance(node, tuple):  # a collapsed child loop
@@ -400,9 +416,9 @@ def analyse(instrs, table=None, cold=None):
     return Cost(straight or Path(), loops, problems)
 
 
-def _callee_costs(g, problems):
-    """{target: Path} of every CALL's callee: its longest path to a RET (a callee with a loop is
-    flagged and counted once through)."""
+def _callee_costs(g):
+    """{target: Path} of every CALL's callee: its longest path to a RET, back edges ignored (a loop
+    in a callee, e.g. sm_80's division slow path, is counted once through: callees are cold)."""
     out = {}
     for block in g.blocks.values():
         for ins in block:
@@ -412,8 +428,6 @@ def _callee_costs(g, problems):
             if start not in g.blocks:
                 continue
             region = _reachable(g.succ, start)
-            if any(s <= b for b in region for s in g.succ[b]):
-                problems.append(f"callee at {ins.target} has a loop: counted once through")
             edges = {b: {s for s in g.succ[b] if s > b} for b in region}
             sinks = {b for b in region if not g.succ[b]}
             out[ins.target] = _dag_paths(region, edges, lambda b: (0, len(g.blocks[b]),

@@ -43,10 +43,12 @@ logits per instruction).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -117,15 +119,17 @@ def _access_widths(sass, op):
     return widths
 
 
-def read_cubin(path, tool, elf=False):
+_USAGE = re.compile(r"Function ([^\s:]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def read_cubin(path, tool, elf=False, sass=True):
     """{function: {regs, stack, shared, local, loads, stores, sass, table}} from one cubin (``table``:
-    its jump-table words, read only with ``elf``)."""
-    out = subprocess.run([tool, "--dump-resource-usage", "--dump-sass", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    funcs = {}
-    for m in re.finditer(r"Function ([^\s:]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out):
-        funcs[m.group(1)] = dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)),
-                                 local=int(m.group(5)), loads=[], stores=[], sass="", table=None)
+    its jump-table words, read only with ``elf``; ``sass=False``: resource usage only, ~1000x faster)."""
+    out = subprocess.run([tool, "--dump-resource-usage"] + (["--dump-sass"] if sass else []) + [str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    funcs = {m.group(1): dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)),
+                              local=int(m.group(5)), loads=[], stores=[], sass="", table=None)
+             for m in _USAGE.finditer(out)}
     for block in re.split(r"\n\s*Function : ", out)[1:]:
         name = block.split()[0]
         if name in funcs:
@@ -137,6 +141,37 @@ def read_cubin(path, tool, elf=False):
             if name in funcs:
                 funcs[name]["table"] = words
     return funcs
+
+
+def elf_texts(data):
+    """{function: machine code} of the ``.text.<function>`` sections of a cubin (ELF64)."""
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    entsize, count, strndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * entsize) for i in range(count)]
+    names = sections[strndx][4]
+    out = {}
+    for name, _, _, _, offset, size in sections:
+        label = data[names + name:data.index(b"\0", names + name)].decode()
+        if label.startswith(".text."):
+            out[label[len(".text."):]] = data[offset:offset + size]
+    return out
+
+
+def disassemble(texts, arch, tool, workdir):
+    """[[Instr]] of several functions' machine code in one ``nvdisasm -b`` call (it costs ~0.5 s of
+    start-up whatever it reads; cuobjdump pays that per cubin)."""
+    disasm = Path(tool).with_name("nvdisasm")
+    starts, blob = [], b""
+    for text in texts:
+        starts.append(len(blob))
+        blob += text
+    raw = Path(workdir) / f"raw{os.getpid()}_{arch}.bin"
+    raw.write_bytes(blob)
+    # Triton compiles sm_90 as sm_90a (arch-specific features allowed)
+    out = subprocess.run([str(disasm if disasm.exists() else "nvdisasm"), "-b", f"SM{arch}" + ("a" if arch >= 90 else ""),
+                          str(raw)], capture_output=True, text=True, check=True).stdout
+    raw.unlink()
+    return sass_cfg.split_raw(out, starts)
 
 
 _SPILL = re.compile(r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores")
@@ -205,8 +240,9 @@ def walk(cost, trips, per_warp, note):
     lo = cost.straight.min + sum(t * lp.own.min for t, lp in zip(trips, cost.loops))
     mufu = cost.straight.mufu + sum(t * lp.own.mufu for t, lp in zip(trips, cost.loops))
     exact = all(lp.own.exact for t, lp in zip(trips, cost.loops) if t)
-    return Estimate(32 * hi / per_warp, 32 * lo / per_warp, 32 * mufu / per_warp, exact, [note],
-                    list(cost.problems))
+    cold = cost.straight.cold + sum(lp.own.cold for t, lp in zip(trips, cost.loops) if t)
+    notes = [note] + ([f"{cold} cold block(s) on the path"] if cold else [])
+    return Estimate(32 * hi / per_warp, 32 * lo / per_warp, 32 * mufu / per_warp, exact, notes, list(cost.problems))
 
 
 def _cdiv(a, b):
@@ -260,7 +296,8 @@ def _specs(quick, only=None):
 
 
 def _compile_one(job):
-    """One Triton specialisation for one arch (runs in a worker process)."""
+    """One Triton specialisation for one arch (runs in a worker process): (row, resource usage,
+    spill bytes, machine code), or (row with the failure, None, None, None)."""
     index, arch, quick, only, tool, workdir = job
     import triton
     from triton.backends.compiler import GPUTarget
@@ -276,20 +313,33 @@ def _compile_one(job):
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(spec.get("options", {})))
         cubin = Path(workdir) / f"t{index}_{arch}.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
-        info = next(iter(read_cubin(cubin, tool).values()))
+        ((name, info),) = read_cubin(cubin, tool, sass=False).items()
         cubin.unlink()
         spill = _ptx_spill_bytes(compiled.asm["ptx"], arch, workdir) if info["stack"] else 0
-        _fill(row, info, spill, spec.get("wide_loads", False))
+        return index, row, info, spill, elf_texts(compiled.asm["cubin"])[name]
     except Exception as exc:  # a compile failure is a finding, not a crash of the check
         row.problems.append(f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-        return row
-    if row.main_path:
-        cost = sass_cfg.analyse(sass_cfg.parse_function(info["sass"]))
-        budget(row, walk(cost, *triton_model(spec)), BUDGET["triton"])
-    return row
+        return index, row, None, None, None
+
+
+def _read_batch(job):
+    """Load widths and, on main paths, instructions per element of compiled kernels of one arch."""
+    arch, quick, only, tool, workdir, compiled = job
+    rows = []
+    for (index, row, info, spill, _), instrs in zip(compiled, disassemble([c[4] for c in compiled], arch, tool,
+                                                                           workdir)):
+        spec = _specs(quick, only)[index]
+        ops = "\n".join(ins.op for ins in instrs)
+        _fill(row, dict(info, loads=_access_widths(ops, "LDG"), stores=_access_widths(ops, "STG")), spill,
+              spec.get("wide_loads", False))
+        if row.main_path:
+            budget(row, walk(sass_cfg.analyse(instrs), *triton_model(spec)), BUDGET["triton"])
+        rows.append((index, row))
+    return rows
 
 
 def check_triton(archs, tool, quick, only, workdir, jobs):
+    """Compile every specialisation (a process pool), then read their SASS in batches per arch."""
     try:
         import triton  # noqa: F401
 
@@ -297,13 +347,21 @@ def check_triton(archs, tool, quick, only, workdir, jobs):
     except ImportError as exc:
         return [Row("triton", f"import failed: {exc}", "-", problems=[f"cannot import: {exc}"])]
     work = [(i, arch, quick, only, tool, workdir) for i in range(count) for arch in archs]
-    if jobs <= 1:
-        return [_compile_one(job) for job in work]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_compile_one, work, chunksize=4))
+    with ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("fork")) as pool:
+        done = list(pool.map(_compile_one, work, chunksize=4))
+        batches = []
+        for arch, start in itertools.product(archs, range(0, len(done), _BATCH)):
+            part = [d for d in done[start:start + _BATCH] if d[2] is not None and d[1].target == f"sm_{arch}"]
+            if part:
+                batches.append((arch, quick, only, tool, workdir, part))
+        read = {(index, row.target): row for rows in pool.map(_read_batch, batches) for index, row in rows}
+    return [read.get((index, row.target), row) for index, row, *_ in done]
+
+
+_BATCH = 64  # kernels per nvdisasm call
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,8 +589,7 @@ def main(argv=None):
     table, summary = render(rows), render_budget(rows)
     print(table)
     print("\nInstructions per logits element on the main paths:\n\n" + summary)
-    bad = [r for r in rows if r.problems or not r.ok]
-    over = [r for r in rows if r.over_budget]
+    bad, over = failing(rows)
     print(f"\n{len(rows)} kernels checked in {time.time() - start:.0f} s: {len(rows) - len(bad)} clean, "
           f"{len(bad)} with problems; {len(over)} main paths over the sm_{BUDGET_ARCH} budget"
           + (" (reported only: --no-budget)" if args.no_budget and over else ""))
@@ -543,6 +600,11 @@ def main(argv=None):
             table + "\n\n## Instructions per logits element (main paths)\n\n" + summary + "\n")
         (out / "static_check.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
     return 1 if bad or (over and not args.no_budget) else 0
+
+
+def failing(rows):
+    """(rows with problems, main paths over the budget)."""
+    return [r for r in rows if r.problems or not r.ok], [r for r in rows if r.over_budget]
 
 
 if __name__ == "__main__":

@@ -325,6 +325,22 @@ def test_jump_tables():
     assert any("jump table not found" in p for p in blind.problems)
 
 
+def test_split_raw_rebases_each_function():
+    raw = listing("""
+        0000 MOV R0, RZ
+        0010 EXIT
+        0020 BRA 0x20
+        0030 NOP
+        0040 MOV R1, RZ
+        0050 @P0 BRA 0x40
+        0060 EXIT
+    """)
+    first, second = sass_cfg.split_raw(raw, [0, 0x40])
+    assert [i.addr for i in first] == [0, 0x10, 0x20, 0x30] and first[2].target == "0x20"
+    assert [i.addr for i in second] == [0, 0x10, 0x20] and second[1].target == "0x0"
+    assert [lp.own.max for lp in sass_cfg.analyse(second).loops] == [2]
+
+
 def test_triton_model_and_budget():
     spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=16, TILE_ELEMS=1024, STATS=1), options=dict(num_warps=4),
                 problem=dict(C=80))
@@ -391,7 +407,7 @@ def test_compiled_triton_kernels(tmp_path):
             acc += tl.exp2(tl.load(x_ptr + i + tl.arange(0, BLOCK)))
         tl.store(y_ptr, tl.sum(acc, axis=0))
 
-    costs = {}
+    costs, texts = {}, []
     for fn, sig in ((_copy_scaled, {"x_ptr": "*fp32", "y_ptr": "*fp32", "BLOCK": "constexpr"}),
                     (_row_sum, {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"})):
         src = ASTSource(fn=fn, signature=sig, constexprs={"BLOCK": 128},
@@ -401,6 +417,11 @@ def test_compiled_triton_kernels(tmp_path):
         cubin.write_bytes(compiled.asm["cubin"])
         info = static_check.read_cubin(cubin, _tool())[fn.__name__]
         costs[fn.__name__] = sass_cfg.analyse(sass_cfg.parse_function(info["sass"]))
+        texts.append(static_check.elf_texts(compiled.asm["cubin"])[fn.__name__])
+    # one nvdisasm call over both kernels' machine code reads as cuobjdump reads each cubin
+    batched = [sass_cfg.analyse(instrs) for instrs in static_check.disassemble(texts, 90, _tool(), tmp_path)]
+    assert [(c.straight, [lp.own for lp in c.loops]) for c in batched] == [
+        (c.straight, [lp.own for lp in c.loops]) for c in costs.values()]
     assert costs["_copy_scaled"].straight == SassPath(12, 12) and costs["_copy_scaled"].loops == []
     # LLVM unrolls the loop by 4 (0x120-0x2b0: 26 instructions, 4 ex2) and peels the remainder into
     # straight code; longest path 0x00-0x110 (18), 0x2c0-0x5b0 (48 with 3 ex2), 0x5c0-0x5f0 (4);
