@@ -1,10 +1,11 @@
 """Control flow of a SASS listing (``cuobjdump --dump-sass``): basic blocks, natural loops, and the
 instructions one pass through each part of a kernel issues. ``static_check.py`` combines these
-with a trip-count model into instructions per element. Reads text only: no GPU, no CUDA toolkit.
+with a trip-count model into instructions per element. Pure Python: no GPU, no CUDA toolkit.
 
 * ``parse_listing(text)`` -> ``{function: [Instr]}``, branch targets resolved whether the listing
   gives addresses (``BRA 0x1d0``) or labels (``BRA `(.L_x_3)``, ``.L_x_3:`` lines);
-  ``split_raw(text, starts)`` the same for one ``nvdisasm -b`` listing of many functions.
+  ``split_raw(text, starts)`` the same for one ``nvdisasm -b`` listing of many functions laid end
+  to end (``elf_texts(cubin)`` gives each function's machine code).
 * ``constant_tables(elf_text)`` -> ``{function: [words]}`` of ``.nv.constant2`` from
   ``cuobjdump --dump-elf``: the jump tables of ``BRX`` (a ``switch``).
 * ``analyse(instrs, table, cold)`` -> ``Cost``: the straight-line code (outside every loop) and,
@@ -35,6 +36,7 @@ taken as uniform over the warp (a divergent branch issues both sides; a path cou
 from __future__ import annotations
 
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -117,6 +119,20 @@ def split_raw(text, starts):
         base = bounds[k]
         target = hex(int(ins.target, 16) - base) if ins.target else ""
         out[k].append(Instr(ins.addr - base, ins.op, ins.operands, ins.guard, target))
+    return out
+
+
+def elf_texts(data):
+    """{function: machine code} of the ``.text.<function>`` sections of a cubin (ELF64)."""
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    entsize, count, strndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * entsize) for i in range(count)]
+    names = sections[strndx][4]
+    out = {}
+    for name, _, _, _, offset, size in sections:
+        label = data[names + name:data.index(b"\0", names + name)].decode()
+        if label.startswith(".text."):
+            out[label[len(".text."):]] = data[offset:offset + size]
     return out
 
 

@@ -6,8 +6,12 @@ and on the main paths the SASS instructions and MUFU operations issued per logit
 
 Triton kernels are compiled ahead of time (``triton.compile(ASTSource(...), target=GPUTarget(...))``
 with the 16-byte divisibility hints the runtime infers for aligned tensors); the CUDA sources in
-``csrc/*.cu`` go through ``nvcc -cubin``. Both cubins are read with the ``cuobjdump`` shipped in the
-triton wheel (``--dump-resource-usage --dump-sass``, and ``--dump-elf`` for jump tables).
+``csrc/*.cu`` go through ``nvcc -cubin`` (beside the Triton compiles). The tools shipped in the triton
+wheel read them: ``cuobjdump --dump-resource-usage`` (and ``--dump-sass``, ``--dump-elf`` for the
+CUDA cubins' jump tables); the Triton kernels' machine code is disassembled 64 kernels per
+``nvdisasm -b SMxx`` call, since each call costs ~0.5 s of start-up (as does each cuobjdump --dump-sass).
+``--quick``: the main paths with uint8 labels and the gradient, and the helper kernels; ``--only RE``:
+the Triton specialisations whose name matches (e.g. ``--only 'rw1-.*grad1-C80' --arch 90``).
 
 Exits non-zero when anything fails to compile, any kernel spills or uses local memory, a main path
 (or the column-split variants) does not read its logits with 16-byte loads, or a main path on
@@ -32,8 +36,11 @@ last ``EXIT``). A model per kernel gives each loop's trip count per warp and the
 
 Where branches inside a loop give several paths the longest one is counted (``path`` = ``max``, with
 the shortest path's figure in ``sass_per_element_min``); where every counted loop has one path,
-``path`` = ``exact``. Division slow paths (``CALL``) are left off when a path avoids them. MUFU
-(``ex2``, ``lg2``, ``rcp``, ``rsq``, ``sin``, ``cos``, ``tanh``, ...) is counted along the longest path.
+``path`` = ``exact`` (the straight-line code always takes its longest path: the one through the
+loops). Division slow paths (``CALL``) are left off when a path avoids them. MUFU (``ex2``, ``lg2``,
+``rcp``, ``rsq``, ``sin``, ``cos``, ``tanh``, ...) is counted along the longest path. A loop that LLVM or
+ptxas unrolls by k runs 1/k of the source trip count: the models assume the loss and statistics
+loops are not unrolled (true of today's SASS; a test shows how an unrolled loop reads).
 
 Reading the table: ``regs`` are registers per thread (<= 64 keeps full occupancy at 1024 threads/SM
 on sm_80/sm_90 with 255 the hard cap), ``spill``/``local`` must be 0, ``ld``/``st`` are the widest
@@ -48,7 +55,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -141,20 +147,6 @@ def read_cubin(path, tool, elf=False, sass=True):
             if name in funcs:
                 funcs[name]["table"] = words
     return funcs
-
-
-def elf_texts(data):
-    """{function: machine code} of the ``.text.<function>`` sections of a cubin (ELF64)."""
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    entsize, count, strndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * entsize) for i in range(count)]
-    names = sections[strndx][4]
-    out = {}
-    for name, _, _, _, offset, size in sections:
-        label = data[names + name:data.index(b"\0", names + name)].decode()
-        if label.startswith(".text."):
-            out[label[len(".text."):]] = data[offset:offset + size]
-    return out
 
 
 def disassemble(texts, arch, tool, workdir):
@@ -316,7 +308,7 @@ def _compile_one(job):
         ((name, info),) = read_cubin(cubin, tool, sass=False).items()
         cubin.unlink()
         spill = _ptx_spill_bytes(compiled.asm["ptx"], arch, workdir) if info["stack"] else 0
-        return index, row, info, spill, elf_texts(compiled.asm["cubin"])[name]
+        return index, row, info, spill, sass_cfg.elf_texts(compiled.asm["cubin"])[name]
     except Exception as exc:  # a compile failure is a finding, not a crash of the check
         row.problems.append(f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return index, row, None, None, None

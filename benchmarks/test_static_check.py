@@ -417,7 +417,7 @@ def test_compiled_triton_kernels(tmp_path):
         cubin.write_bytes(compiled.asm["cubin"])
         info = static_check.read_cubin(cubin, _tool())[fn.__name__]
         costs[fn.__name__] = sass_cfg.analyse(sass_cfg.parse_function(info["sass"]))
-        texts.append(static_check.elf_texts(compiled.asm["cubin"])[fn.__name__])
+        texts.append(sass_cfg.elf_texts(compiled.asm["cubin"])[fn.__name__])
     # one nvdisasm call over both kernels' machine code reads as cuobjdump reads each cubin
     batched = [sass_cfg.analyse(instrs) for instrs in static_check.disassemble(texts, 90, _tool(), tmp_path)]
     assert [(c.straight, [lp.own for lp in c.loops]) for c in batched] == [
