@@ -27,12 +27,18 @@ docstring for the rules (branches, ``BSSY``/``BSYNC``, calls, jump tables, the p
 last ``EXIT``). A model per kernel gives each loop's trip count per warp and the elements per warp:
 
 * Triton ``_fused_kernel`` (from its constexprs and the problem: C = 80 or 8192, many rows, so no
-  column split): a program owns ``BLOCK_N = ceil(TILE_ELEMS / BLOCK_C)`` rows, ``BLOCK_N * C / num_warps``
-  elements per warp. ``ONE_TILE``: no loop (C = 80 in a 128-wide tile wastes 3/8 of the lanes, and
-  that shows). Otherwise a statistics loop (when ``STATS`` is inline) and the loss loop, each
-  ``ceil(C / BLOCK_C)`` iterations; any other loop structure is reported as a model mismatch.
-* CUDA: ``CUDA_MAIN`` below, a table of (main path, kernel symbol pattern, model) per kernel the path
-  launches, the models mirroring ``make_plan`` in ``csrc/dbl_cuda.cu``.
+  column split): one row tile of ``BLOCK_N`` rows per program (the costliest case per element: a
+  program's straight-line code and the last program's sum over the partials are charged to one
+  tile), ``BLOCK_N * C / num_warps`` elements per warp. Loops: the persistent row-tile loop (1 trip);
+  inside it, unless the row is one tile (``ONE_TILE``) or unrolled (``C_TILES``), the statistics loop
+  (``STATS`` inline, ``C / (2 BLOCK_C)`` trips) and the loss loop (``C / BLOCK_C``); then the sum
+  over the partials (1 trip). Where C is a multiple of the tile widths the masked tails (the blocks
+  with guarded loads) never run and are off the counted path. Another loop structure is reported as
+  a model mismatch.
+* CUDA: ``CUDA_MAIN`` below, one row per fixed vector-path kernel (loss x logits dtype x gradient;
+  uint8 and bool labels share a kernel), modelled by ``cuda_model``: the geometry of
+  ``csrc/dbl_plan.h`` for N = ``CUDA_N`` rows (C = 80: 25 rows per item; C = 8192: 2 rows), one
+  item per block, the loops of ``csrc/dbl_block.h`` told apart by what they hold.
 
 Where branches inside a loop give several paths the longest one is counted (``path`` = ``max``, with
 the shortest path's figure in ``sass_per_element_min``); where every counted loop has one path,
@@ -68,6 +74,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import sass_cfg  # noqa: E402
+from kernel_models import (CUDA_MAIN, Estimate, _cdiv, _dead_tails, _tail_loads, cuda_geometry,  # noqa: E402,F401
+                           cuda_model, triton_model, walk)
 
 # Per logits element on the main paths, enforced on BUDGET_ARCH (see the module docstring).
 BUDGET = dict(triton=36, cuda=48, mufu=5)
@@ -205,70 +213,6 @@ def _fill(row, info, spill_bytes, wide_loads):
 # ----------------------------------------------------------------------------------------------
 # Instructions per element
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class Estimate:
-    sass: float = 0.0
-    sass_min: float = 0.0
-    mufu: float = 0.0
-    exact: bool = True
-    notes: list = field(default_factory=list)
-    problems: list = field(default_factory=list)
-
-    def __add__(self, other):
-        return Estimate(self.sass + other.sass, self.sass_min + other.sass_min, self.mufu + other.mufu,
-                        self.exact and other.exact, self.notes + other.notes, self.problems + other.problems)
-
-
-def walk(cost, trips, per_warp, note):
-    """Per-element figures of one kernel: ``trips`` are the iterations per warp of each loop of
-    ``cost.loops`` (address order, inner loops in full: not per outer iteration), ``per_warp`` the
-    logits elements one warp's program covers."""
-    if len(trips) != len(cost.loops):
-        shape = ", ".join(f"{lp.header:#x}" + (f" in {cost.loops[lp.parent].header:#x}" if lp.parent is not None
-                                                 else "") for lp in cost.loops) or "none"
-        return Estimate(problems=[f"loop model expects {len(trips)} loop(s), the SASS has {len(cost.loops)} "
-                                  f"({shape}): update the model"])
-    hi = cost.straight.max + sum(t * lp.own.max for t, lp in zip(trips, cost.loops))
-    lo = cost.straight.min + sum(t * lp.own.min for t, lp in zip(trips, cost.loops))
-    mufu = cost.straight.mufu + sum(t * lp.own.mufu for t, lp in zip(trips, cost.loops))
-    exact = all(lp.own.exact for t, lp in zip(trips, cost.loops) if t)
-    cold = cost.straight.cold + sum(lp.own.cold for t, lp in zip(trips, cost.loops) if t)
-    notes = [note] + ([f"{cold} cold block(s) on the path"] if cold else [])
-    return Estimate(32 * hi / per_warp, 32 * lo / per_warp, 32 * mufu / per_warp, exact, notes, list(cost.problems))
-
-
-def _cdiv(a, b):
-    return -(-a // b)
-
-
-def triton_model(spec):
-    """(trips, elements per warp, note) of ``_fused_kernel`` for its main-path problem: many rows, no
-    column split, one row tile per program (the costliest case per element: more tiles per program
-    only spread its straight-line code thinner). Loops in address order: the persistent row-tile
-    loop; inside it, unless the row is one tile (``ONE_TILE``) or unrolled (``C_TILES``), the
-    statistics loop (``STATS`` inline: tiles of 2 * BLOCK_C labels) and the loss loop (BLOCK_C);
-    then the last program's sum over the partials (one trip: at most 1024 programs)."""
-    from dbl_kernels.triton_kernel.kernels import STATS_INLINE
-
-    ce, n_cols, warps = spec["constexprs"], spec["problem"]["C"], spec["options"]["num_warps"]
-    rows, block_c = ce["BLOCK_N"], ce["BLOCK_C"]
-    per_warp = rows * n_cols / warps
-    loops, trips = ["row tiles"], [1]
-    if not ce["ONE_TILE"] and not ce["C_TILES"]:
-        if ce["STATS"] == STATS_INLINE:
-            loops.append("statistics")
-            trips.append(n_cols // (2 * block_c))
-        loops.append("loss")
-        trips.append(n_cols // block_c)
-    if not ce["REDUCE_NONE"]:
-        loops.append("partial sum")
-        trips.append(1)
-    shape = "one tile" if ce["ONE_TILE"] else f"{ce['C_TILES']} unrolled tiles" if ce["C_TILES"] else \
-        f"{n_cols // block_c} tiles"
-    return trips, per_warp, (f"{rows} row(s) x {block_c} columns, {shape}; loops: "
-                             + ", ".join(f"{n} x {t}" for n, t in zip(loops, trips)))
-
-
 def budget(row, estimate, limit):
     """Fill the per-element figures of a main-path row; over budget only on BUDGET_ARCH."""
     row.problems += estimate.problems
@@ -339,7 +283,8 @@ def _read_batch(job):
         _fill(row, dict(info, loads=_access_widths(ops, "LDG"), stores=_access_widths(ops, "STG")), spill,
               spec.get("wide_loads", False))
         if row.main_path:
-            budget(row, walk(sass_cfg.analyse(instrs), *triton_model(spec)), BUDGET["triton"])
+            budget(row, walk(sass_cfg.analyse(instrs, cold=_tail_loads if _dead_tails(spec) else None),
+                             *triton_model(spec)), BUDGET["triton"])
         rows.append((index, row))
     return rows
 
@@ -378,124 +323,6 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 MAIN_CUDA_PATTERN = re.compile(r"(bf16|bfloat16|float\b|f32|__nv_bfloat16)", re.I)
 MAIN_CUDA_KERNEL = re.compile(r"fused_kernel<[^,<>]+, (?!1,)\d+, ")
-# csrc/dbl_plan.h: kThreads, kRounds, kVec, kMaxRows, kMaxBlocks, kTargetItems
-_THREADS, _ROUNDS, _VEC, _MAX_ROWS, _MAX_BLOCKS, _TARGET_ITEMS = 256, 8, 8, 256, 4096, 512
-CUDA_N = 4096  # the batch the CUDA figures are for (the plan's chunk size depends on N)
-
-
-def cuda_geometry(n_rows, n_cols):
-    """rows_geometry of csrc/dbl_plan.h for the vector paths (fp32 compute): dict of rounds, rows,
-    chunks, items, blocks, G (threads per row in the statistics tree)."""
-    vpr, slots = _cdiv(n_cols, _VEC), _THREADS * _ROUNDS
-    if vpr > slots:  # one row per item in full chunks
-        items = n_rows
-        return dict(vpr=vpr, rounds=_ROUNDS, rows=1, chunks=_cdiv(vpr, slots), items=items,
-                    blocks=min(items, _MAX_BLOCKS), G=_THREADS)
-    rounds = min(max(_cdiv(n_rows * vpr, _TARGET_ITEMS * _THREADS), 1), _ROUNDS)
-    if rounds * _THREADS < vpr:
-        rounds = _cdiv(vpr, _THREADS)
-    rows = min(rounds * _THREADS // vpr, _MAX_ROWS)
-    group = 1
-    if rows < _THREADS:
-        while group * 2 <= _THREADS // rows and group < _THREADS:
-            group *= 2
-        while group > 1 and group // 2 >= vpr:
-            group //= 2
-    items = _cdiv(n_rows, rows)
-    return dict(vpr=vpr, rounds=_cdiv(rows * vpr, _THREADS), rows=rows, chunks=1, items=items,
-                blocks=min(items, _MAX_BLOCKS), G=group)
-
-
-def _cuda_roles(cost, item):
-    """{loop index: role} of the loops inside item loop ``item`` of fused_kernel (dbl_block.h's
-    run_kind), told apart by what they hold: element rounds loops issue MUFU (``element`` without
-    the weight tensor, ``element_w`` with its scalar loads), statistics loops load labels
-    (``LDG.E.64.CONSTANT``), the row tree reads shared memory (``tree_lanes``) and syncs
-    (``tree_halves``), the row constants of rows without in-block statistics issue MUFU with no
-    inner loop (``finish``)."""
-    loops, roles = cost.loops, {}
-    for i in loops[item].children:
-        lp, kids = loops[i], loops[i].children
-        if kids:
-            (k,) = kids
-            inner = loops[k]
-            if inner.own.mufu:
-                w = "_w" if inner.ops.get("LDG.E") else ""
-                roles[i], roles[k] = f"element_chunks{w}", f"element{w}"
-            elif any(op.startswith("LDG") for op in inner.ops):
-                roles[i], roles[k] = "stats_chunks", "stats_chunk_rounds"
-            else:
-                roles[i], roles[k] = "tree_g1_rows", "tree_g1_lanes"
-        elif lp.own.mufu:
-            roles[i] = "finish"
-        elif any(op.startswith("BAR") for op in lp.ops):
-            roles[i] = "tree_halves"
-        elif any(op.startswith("LDG") for op in lp.ops):
-            roles[i] = "stats_rounds"
-        else:
-            roles[i] = "tree_lanes"
-    return roles
-
-
-def cuda_model(stats):
-    """The model of a vector-path fused_kernel (dbl_block.h) for C columns and CUDA_N rows:
-    ``stats``: the path computes row statistics in the block (DB-focal, CB-focal). Trip counts per
-    warp from cuda_geometry: the item loop (items per block), inside it the statistics rounds,
-    the row tree (ceil(vpr / G) partials per lane, log2 G halving steps), the element rounds; the
-    last block's loop over the block partials (16 per trip unrolled, then one per trip). Where the
-    kernel holds two item loops (CB: a row max or a row sum, picked at run time), the costlier."""
-    def model(cost, n_cols):
-        g = cuda_geometry(CUDA_N, n_cols)
-        if g["chunks"] > 1 or g["G"] == 1:
-            return Estimate(problems=[f"C={n_cols}: chunked rows or G = 1 are not modelled: extend cuda_model"])
-        per_item = _cdiv(g["items"], g["blocks"])
-        partials = _cdiv(g["blocks"], _THREADS)
-        want = dict(element=g["rounds"], element_chunks=1, tree_lanes=_cdiv(g["vpr"], g["G"]) if stats else 0,
-                    tree_halves=g["G"].bit_length() - 1 if stats else 0, stats_rounds=g["rounds"] if stats else 0,
-                    finish=0 if stats else 1)
-        items = [i for i, lp in enumerate(cost.loops) if lp.parent is None and lp.children]
-        best = None
-        for item in items:
-            roles = _cuda_roles(cost, item)
-            if "element" not in roles.values():
-                continue
-            trips = []
-            for i, lp in enumerate(cost.loops):
-                if i == item:
-                    trips.append(per_item)
-                elif i in roles:
-                    trips.append(per_item * want.get(roles[i], 0))
-                elif lp.parent is None and not lp.children and lp.ops.get("LDG.E.64.STRONG.GPU"):
-                    unrolled = lp.ops["LDG.E.64.STRONG.GPU"] > 1  # the last block's sum of the partials
-                    trips.append(partials // 16 if unrolled else partials % 16)
-                else:
-                    trips.append(0)
-            est = walk(cost, trips, per_item * g["rows"] * n_cols / (_THREADS // 32),
-                       f"N={CUDA_N}: {g['rows']} rows x {g['rounds']} round(s) per item, G={g['G']}, "
-                       f"{per_item} item(s) per block")
-            if best is None or est.sass > best.sass:
-                best = est
-        return best or Estimate(problems=["no item loop with an element loop: update cuda_model"])
-    return model
-
-
-# The CUDA main paths: (name, C, parts), one part per kernel the path launches: (regex on the
-# demangled kernel name, model) or (regex, model, cold regex): a model maps (sass_cfg.Cost, C) to an
-# Estimate; blocks holding an opcode that the cold regex matches are off the main path where the
-# listing has another. Each path is one fixed specialisation fused_kernel<Z, 8, PathOpts<...>,
-# float> (uint8 and bool labels share it; the gradient is a template flag), launched once (no
-# statistics pass: no by_batch). Edit this table with csrc/dbl_block.h (DbFocal, CbFocal, Bce).
-_CUDA_Z = {"bf16": "bf16_t", "fp16": "f16_t", "fp32": "float"}
-_CUDA_PATHS = {"db-focal": "1, 1, 0, true, {g}, 100", "cb-focal": "0, 1, 0, false, {g}, -1",
-               "bce": "0, 0, 0, false, {g}, 0"}
-CUDA_MAIN = [
-    (f"{loss} {z} C={n_cols} grad{int(grad)}", n_cols,
-     ((rf"fused_kernel<(dbl::cuda::)?{sym}, 8, dbl::cuda::PathOpts<{opts.format(g=str(grad).lower())}>, float>\(",
-       cuda_model(loss != "bce")),))
-    for loss, opts in _CUDA_PATHS.items() for z, sym in _CUDA_Z.items() for n_cols in (80, 8192)
-    for grad in (True, False)
-]
-
 
 def _demangle(names):
     tool = shutil.which("cu++filt") or shutil.which("c++filt")

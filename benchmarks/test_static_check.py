@@ -6,6 +6,7 @@ their SASS by hand.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -21,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import kernel_models  # noqa: E402
 import sass_cfg  # noqa: E402
 import static_check  # noqa: E402
 from sass_cfg import Path as SassPath  # noqa: E402
@@ -343,15 +345,23 @@ def test_split_raw_rebases_each_function():
 
 
 def test_triton_model_and_budget():
-    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=16, TILE_ELEMS=1024, STATS=1), options=dict(num_warps=4),
-                problem=dict(C=80))
+    # C = 80 as 5 unrolled 16-wide tiles: the row-tile loop and the last program's sum only
+    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=16, BLOCK_N=64, C_TILES=5, STATS=1, REDUCE_NONE=False),
+                options=dict(num_warps=4), problem=dict(C=80))
     trips, per_warp, _ = static_check.triton_model(spec)
-    assert trips == [5, 5] and per_warp == 64 * 80 / 4
-    spec["constexprs"].update(ONE_TILE=True, BLOCK_C=128, STATS=0)
-    assert static_check.triton_model(spec)[:2] == ([], 8 * 80 / 4)
-    spec["constexprs"].update(ONE_TILE=False, BLOCK_C=2048, TILE_ELEMS=2048)
-    spec.update(problem=dict(C=8192), options=dict(num_warps=8))
-    assert static_check.triton_model(spec)[:2] == ([4], 8192 / 8)
+    assert trips == [1, 1] and per_warp == 64 * 80 / 4
+    assert not static_check._dead_tails(spec)
+    # the column loop of C = 8192: statistics over 2 x 1024 labels a trip, loss over 1024 columns
+    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=1024, BLOCK_N=2, C_TILES=0, STATS=1, REDUCE_NONE=False),
+                options=dict(num_warps=4), problem=dict(C=8192))
+    assert static_check.triton_model(spec)[:2] == ([1, 4, 8, 1], 2 * 8192 / 4)
+    assert static_check._dead_tails(spec)
+    spec["constexprs"].update(STATS=0)
+    assert static_check.triton_model(spec)[:2] == ([1, 8, 1], 2 * 8192 / 4)
+    spec["problem"]["C"] = 8200  # a 8-column tail runs: its masked loads count
+    assert not static_check._dead_tails(spec)
+    assert static_check._tail_loads(sass_cfg.Instr(0, "LDG.E.128", "R0, desc[UR4][R2.64]", "@P0"))
+    assert not static_check._tail_loads(sass_cfg.Instr(0, "LDG.E.128", "R0, desc[UR4][R2.64]"))
     for target, over in (("sm_90", 2), ("sm_80", 0)):
         row = static_check.Row("k", "s", target, main_path=True)
         static_check.budget(row, static_check.Estimate(36.5, 30.0, 5.5, False, ["n"]), 36)
@@ -361,17 +371,51 @@ def test_triton_model_and_budget():
     assert row.over_budget == [] and row.path == "exact"
 
 
-def test_cuda_table_today():
+def test_cuda_geometry_follows_the_plan():
+    # dbl_plan.h rows_geometry: C = 80 -> 10 vectors a row; N = 4096 wants 1 round -> 25 rows per
+    # item, G = 8 threads per row (pow2_floor(256 / 25))
+    assert static_check.cuda_geometry(4096, 80) == dict(vpr=10, rounds=1, rows=25, chunks=1, items=164, blocks=164,
+                                                        G=8)
+    # C = 8192: 1024 vectors, 8 rounds -> 2 rows per item, 128 threads per row
+    g = static_check.cuda_geometry(4096, 8192)
+    assert (g["rounds"], g["rows"], g["G"], g["items"]) == (8, 2, 128, 2048)
+    assert static_check.cuda_geometry(1 << 20, 80)["rounds"] == 8  # enough rows: full chunks
+    assert static_check.cuda_geometry(10, 20000)["chunks"] == 2  # a row wider than a chunk
+
+
+def _loop(header, own, parent=None, mufu=0, ops=()):
+    return sass_cfg.Loop(header, frozenset(), parent=parent, own=SassPath(own, own, mufu, mufu),
+                         ops=collections.Counter(dict(ops)))
+
+
+def test_cuda_model_tells_loops_apart():
     names = [name for name, _, _ in static_check.CUDA_MAIN]
-    assert len(names) == len(set(names)) == 18
-    loops = [sass_cfg.Loop(h, frozenset(), parent=None if h == 0 else 0, own=SassPath(o, o))
-             for h, o in ((0, 10), (1, 100), (2, 7), (3, 400))]
-    cost = sass_cfg.Cost(SassPath(200, 200), loops)
-    # bf16, C = 80: 10 slots of 8 -> groups of 16 lanes, 2 rows per warp; butterfly over 16: 4 steps
-    est = static_check._cuda_fused_today(2, True)(cost, 80)
-    assert est.sass == pytest.approx(32 * (200 + 10 + 100 + 4 * 7 + 400) / 160)
-    est = static_check._cuda_fused_today(2, False)(cost, 8192)  # one block per row, 4 steps of 2048
-    assert est.sass == pytest.approx(32 * (200 + 10 + 4 * 400) / 1024)
+    assert len(names) == len(set(names)) == 36  # 3 losses x 3 logits dtypes x 2 C x gradient or not
+    label = "LDG.E.64.CONSTANT"
+    loops = [_loop(0, 100),                                                     # 0 item loop
+             _loop(1, 10, 0), _loop(2, 40, 1, ops={label: 1}),                  # chunked statistics
+             _loop(3, 40, 0, ops={label: 1}),                                   # statistics rounds
+             _loop(4, 8, 0, ops={"LDS": 1}),                                    # tree lanes
+             _loop(5, 12, 0, ops={"BAR.SYNC": 1}),                              # tree halves
+             _loop(6, 80, 0, mufu=3, ops={"LDG.E": 3}),                         # rows without statistics
+             _loop(7, 20, 0), _loop(8, 300, 7, mufu=40, ops={"LDG.E": 8}),      # elements, weight tensor
+             _loop(9, 20, 0), _loop(10, 250, 9, mufu=40),                       # elements
+             _loop(11, 13, ops={"LDG.E.64.STRONG.GPU": 1}), _loop(12, 41, ops={"LDG.E.64.STRONG.GPU": 16})]
+    for i, lp in enumerate(loops):
+        if lp.parent is not None:
+            loops[lp.parent].children.append(i)
+    cost = sass_cfg.Cost(SassPath(200, 150), loops)
+    roles = kernel_models._cuda_roles(cost, 0)
+    assert roles == {1: "stats_chunks", 2: "stats_chunk_rounds", 3: "stats_rounds", 4: "tree_lanes",
+                     5: "tree_halves", 6: "finish", 7: "element_chunks_w", 8: "element_w", 9: "element_chunks",
+                     10: "element"}
+    # C = 80, statistics: 1 item, 1 round, ceil(10 / 8) = 2 tree-lane trips, 3 halvings, 1 sum trip
+    est = static_check.cuda_model(True)(cost, 80)
+    assert est.sass == pytest.approx(32 * (200 + 100 + 40 + 2 * 8 + 3 * 12 + 20 + 250 + 13) / (25 * 80 / 8))
+    assert est.mufu == pytest.approx(32 * 40 / 250)
+    # no statistics (the rows' constants instead), 8 rounds; 2048 blocks: 8 partials per thread to add
+    est = static_check.cuda_model(False)(cost, 8192)
+    assert est.sass == pytest.approx(32 * (200 + 100 + 80 + 20 + 8 * 250 + 8 * 13) / (2 * 8192 / 8))
 
 
 # ---------------------------------------------------------------------------------------------
