@@ -52,9 +52,9 @@ def triton_model(spec):
     column split, one row tile per program (the costliest case per element: more tiles per program
     only spread its straight-line code thinner). Loops in address order: the persistent row-tile
     loop; inside it, unless the row is one tile (``ONE_TILE``) or unrolled (``C_TILES``), the
-    statistics loop (``STATS`` inline: tiles of 2 * BLOCK_C labels) and the loss loop (BLOCK_C);
+    statistics loop (``STATS`` inline: tiles of ``stats_width() * BLOCK_C`` labels) and the loss loop;
     then the last program's sum over the partials (one trip: at most 1024 programs)."""
-    from dbl_kernels.triton_kernel.kernels import STATS_INLINE
+    from dbl_kernels.triton_kernel.kernels import STATS_INLINE, stats_width
 
     ce, n_cols, warps = spec["constexprs"], spec["problem"]["C"], spec["options"]["num_warps"]
     rows, block_c = ce["BLOCK_N"], ce["BLOCK_C"]
@@ -63,7 +63,7 @@ def triton_model(spec):
     if not ce["ONE_TILE"] and not ce["C_TILES"]:
         if ce["STATS"] == STATS_INLINE:
             loops.append("statistics")
-            trips.append(n_cols // (2 * block_c))
+            trips.append(n_cols // (stats_width(ce["REWEIGHT"]) * block_c))
         loops.append("loss")
         trips.append(n_cols // block_c)
     if not ce["REDUCE_NONE"]:
@@ -83,12 +83,13 @@ def _tail_loads(ins):
 def _dead_tails(spec):
     """Whether the masked column tails of the statistics and loss loops never run on the main-path
     problem (C a multiple of both tile widths): their blocks are then off the counted path."""
-    from dbl_kernels.triton_kernel.kernels import STATS_INLINE
+    from dbl_kernels.triton_kernel.kernels import STATS_INLINE, stats_width
 
     ce, n_cols = spec["constexprs"], spec["problem"]["C"]
     if ce["ONE_TILE"] or ce["C_TILES"]:
         return False  # no tail: the one tile is masked, unrolled tiles are exact
-    return n_cols % ce["BLOCK_C"] == 0 and (ce["STATS"] != STATS_INLINE or n_cols % (2 * ce["BLOCK_C"]) == 0)
+    stats_c = stats_width(ce["REWEIGHT"]) * ce["BLOCK_C"]
+    return n_cols % ce["BLOCK_C"] == 0 and (ce["STATS"] != STATS_INLINE or n_cols % stats_c == 0)
 
 
 # csrc/dbl_plan.h: kThreads, kRounds, kVec, kMaxRows, kMaxBlocks, kTargetItems

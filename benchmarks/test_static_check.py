@@ -346,16 +346,20 @@ def test_split_raw_rebases_each_function():
 
 def test_triton_model_and_budget():
     # C = 80 as 5 unrolled 16-wide tiles: the row-tile loop and the last program's sum only
-    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=16, BLOCK_N=64, C_TILES=5, STATS=1, REDUCE_NONE=False),
+    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=16, BLOCK_N=64, C_TILES=5, STATS=1, REDUCE_NONE=False,
+                                REWEIGHT=1),
                 options=dict(num_warps=4), problem=dict(C=80))
     trips, per_warp, _ = static_check.triton_model(spec)
     assert trips == [1, 1] and per_warp == 64 * 80 / 4
     assert not static_check._dead_tails(spec)
     # the column loop of C = 8192: statistics over 2 x 1024 labels a trip, loss over 1024 columns
-    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=1024, BLOCK_N=2, C_TILES=0, STATS=1, REDUCE_NONE=False),
+    spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=1024, BLOCK_N=2, C_TILES=0, STATS=1, REDUCE_NONE=False,
+                                REWEIGHT=1),
                 options=dict(num_warps=4), problem=dict(C=8192))
     assert static_check.triton_model(spec)[:2] == ([1, 4, 8, 1], 2 * 8192 / 4)
     assert static_check._dead_tails(spec)
+    spec["constexprs"].update(REWEIGHT=3)  # CB average_w: two accumulators, statistics tiles 1024 wide
+    assert static_check.triton_model(spec)[0] == [1, 8, 8, 1]
     spec["constexprs"].update(STATS=0)
     assert static_check.triton_model(spec)[:2] == ([1, 8, 1], 2 * 8192 / 4)
     spec["problem"]["C"] = 8200  # a 8-column tail runs: its masked loads count

@@ -47,6 +47,16 @@ _STATS_INLINE = tl.constexpr(STATS_INLINE)
 _STATS_BUFFER = tl.constexpr(STATS_BUFFER)
 # The reweight modes whose weights need row statistics.
 STATS_MODES = (REWEIGHT_REBALANCE, REWEIGHT_CB_AVG_W, REWEIGHT_CB_AVG_N, REWEIGHT_CB_MIN_N)
+# The column loop's statistics run over tiles this many loss tiles wide (half the loop overhead),
+# except where they keep two accumulators (CB average_w / average_n: sum and count), which at twice
+# the width take 64 registers a thread on 16-warp tiles and spill.
+STATS_WIDE_MODES = (REWEIGHT_REBALANCE, REWEIGHT_CB_MIN_N)
+
+
+def stats_width(reweight):
+    return 2 if reweight in STATS_WIDE_MODES else 1
+
+
 # sync buffer (int64): [ticket counter of the in-kernel reduction, spare]
 SYNC_SLOTS = 2
 # the batch-max weight as an order-preserving int64 key (atomic max), before any row: the minimum
@@ -464,9 +474,10 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
             elif C_TILES > 0:
                 A, B = _stats_pass(y_rows, cp_ptr, C, 0, C, CDT, REWEIGHT, HARD_LABELS, HAS_UNKNOWN, BLOCK_N,
                                    BLOCK_C, C_TILES, VEC)
-            else:  # labels only: tiles twice as wide (half the loop overhead), 16 labels per load
-                A, B = _stats_pass(y_rows, cp_ptr, C, 0, C, CDT, REWEIGHT, HARD_LABELS, HAS_UNKNOWN, BLOCK_N,
-                                   2 * BLOCK_C, 0, 16)
+            else:  # labels only: 16 labels per load, stats_width() loss tiles at a time
+                SW: tl.constexpr = 2 * BLOCK_C if REWEIGHT == _REBALANCE or REWEIGHT == _CB_MIN_N else BLOCK_C
+                A, B = _stats_pass(y_rows, cp_ptr, C, 0, C, CDT, REWEIGHT, HARD_LABELS, HAS_UNKNOWN, BLOCK_N, SW,
+                                   0, 16)
         elif STATS == _STATS_BUFFER:  # partial statistics of the column chunks, added in chunk order
             A = tl.zeros([BLOCK_N], dtype=CDT)
             B = tl.zeros([BLOCK_N], dtype=CDT)
