@@ -236,10 +236,9 @@ class _FusedLoss(nn.Module):
         num_classes = logits.shape[1]
         _, spec = self._class_table(num_classes)
         class_freq, train_num, _ = self._reference_inputs()
-        # only the Triton kernel reads aux[1] without row_stats (the C++ ones find the batch max themselves)
-        batch_max = backend == "triton"
+        # every kernel finds the batch max itself (aux[1] is read only with row_stats)
         aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager,
-                       batch_max=batch_max)
+                       batch_max=False)
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
         params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)
@@ -249,7 +248,7 @@ class _FusedLoss(nn.Module):
         # Calls whose arguments depend only on the input signature (no weight or avg_factor, dense
         # labels, a constant aux, labels checked in the op or not at all) are remembered.
         if (eager and weight is None and avg_factor is None and csr is None and cfg is self.config
-                and aux_is_constant(cfg, spec, labels, reduction, batch_max) and (check_labels or not _default_check(
+                and aux_is_constant(cfg, spec, labels, reduction, False) and (check_labels or not _default_check(
                     labels, self.validate_labels))):
             self._record(logits, labels, op, params, aux, scalars)
         # for a differentiable backward (create_graph=True): the reference, called only then

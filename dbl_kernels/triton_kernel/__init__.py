@@ -13,16 +13,16 @@ Modules, by role:
   * ``aot``: every launchable specialisation, for ahead-of-time compilation checks.
 
 Kernel layout (one kernel, ``_fused_kernel``, specialised by constexprs)
-  * rows regime, ``C <= ONE_TILE_MAX_C``: a program owns ``BLOCK_N`` whole rows, either as one
-    tile of next_pow2(C) columns (row statistics from the label tile in registers) or, where that
-    pads C by more than 10% (C = 80), as 16/32-wide column tiles with a labels-only statistics
-    pass first; the autotuner picks.
-  * large ``C``: one row per program, columns looped: the statistics pass first, then loss and
-    gradient. When there are too few rows to fill the GPU the columns are also split over
-    ``split`` programs, and ``_stats_kernel`` first writes each chunk's partial row statistics,
-    which every program adds in chunk order.
-  * reductions: every program writes its partial sum (already times aux[0]); ``_sum_kernel``
-    adds them in index order. No float atomics anywhere: results are bit-reproducible.
+  * a persistent grid: each program loops over row tiles of BLOCK_N rows, and over each row in
+    BLOCK_C-wide column tiles (narrow rows: many rows per tile, C = 80 as five unrolled 16-wide
+    tiles; wide rows: 2-4 rows per tile). A row tile first reads its labels for the row statistics
+    (the re-weighting needs the whole row), then computes loss and gradient.
+  * few rows of many columns: the columns are also split over programs, and ``_stats_kernel``
+    first writes each chunk's partial row statistics, which every program adds in chunk order.
+    weight_norm="by_batch" runs ``_stats_kernel`` too: it also takes the batch max of the
+    re-weighting (an atomic max of order-preserving integer keys: exact in any order).
+  * the sum: every program writes its partial (already times aux[0]) and takes a ticket; the last
+    one adds the partials in index order. No float atomics anywhere: results are bit-reproducible.
 """
 from .aot import specialisations
 from .launcher import fused, scale_grad, usable

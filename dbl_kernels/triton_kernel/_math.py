@@ -2,6 +2,11 @@
 
 Diff these against ``reference.py`` (``bce``, ``focal_bce``) and ``csrc/dbl_math.h``: the same
 terms, in the forms each backend evaluates fastest.
+
+Units. fp32 works in base 2: the hardware has ex2 / lg2 (one MUFU op each), not exp / log, so
+logits enter scaled by S = log2(e) and losses leave in bits (S * nats); the kernels fold 1 / S
+into the weights. fp64 keeps S = 1 and the exact library functions. ``unit_scale`` gives S for a
+compute dtype.
 """
 from __future__ import annotations
 
@@ -24,18 +29,33 @@ _POW_NONE = tl.constexpr(POW_NONE)
 _POW_ONE = tl.constexpr(POW_ONE)
 _POW_TWO = tl.constexpr(POW_TWO)
 
-
-# ---------------------------------------------------------------------------------------------
-# Transcendental functions. The kernel is compute-bound on these, so fp32 uses the hardware's
-# approximate ex2 / lg2 / reciprocal where their error (<= 2^-22 relative) stays far below the
-# 1e-5 contract, and short polynomials where accuracy needs them (log1p near 0). fp64 (gradcheck)
-# takes the exact library functions. The interpreter has no libdevice: there the exact functions
-# are Kahan's formulas in float64 and the fast ones the same formulas as on the GPU, so CPU runs
-# also check the approximations' logic.
-# ---------------------------------------------------------------------------------------------
-_LOG2E = tl.constexpr(1.4426950408889634)
+LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(0.6931471805599453)
+# exp(xs) is taken of min(xs, _XS_MAX): 1 / (1 + e^xs) then stays a normal number (fp32: 2^-126),
+# so u = e^xs / (1 + e^xs) = 1 exactly there, and the loss takes xs itself beyond.
+_XS_MAX32 = tl.constexpr(126.0)
+_XS_MAX64 = tl.constexpr(700.0)
+# fp32 log1p(E) (in bits) below _SMALL_E: E (c0 + c1 E + c2 E^2), the minimax fit of relative error
+# (1.8e-6 with fp32 rounding) on [0, 1/16]; above, lg2(1 + E), whose absolute error (MUFU.LG2 2^-22
+# near 1, plus rounding 1 + E) stays below 3.7e-6 relative where log1p(E) >= log1p(1/16).
+_SMALL_E = tl.constexpr(0.0625)
+_L1P_C0 = tl.constexpr(1.442692518234253)
+_L1P_C1 = tl.constexpr(-0.7206119894981384)
+_L1P_C2 = tl.constexpr(0.44893747568130493)
 
+
+def unit_scale(dtype):
+    """S of the module docstring for a compute dtype (host side)."""
+    return 1.0 if dtype == torch.float64 else LOG2E
+
+
+# ---------------------------------------------------------------------------------------------
+# Transcendental functions. fp32 uses the hardware's approximate ex2 / lg2 / reciprocal with
+# flush-to-zero (one MUFU instruction each, no range fix-ups around it); fp64 the exact library
+# functions. The interpreter has no libdevice or inline PTX: there the same formulas run on numpy's
+# functions (exact ones for fp64, float32 ones for fp32), so CPU runs check every formula.
+# ---------------------------------------------------------------------------------------------
 if INTERPRET:
     @triton.jit
     def _exp(x):
@@ -64,18 +84,15 @@ if INTERPRET:
         return r.to(x.dtype)
 
     @triton.jit
-    def _pow(u, g):
-        ud = u.to(tl.float64)
-        pos = ud > 0.0
-        r = tl.exp2(g * tl.log2(tl.where(pos, ud, 1.0)))
-        return tl.where(pos, r, 0.0).to(u.dtype)
-
-    @triton.jit
     def _fast_rcp(x):
         return 1.0 / x
 
     @triton.jit
-    def _fast_log2(x):
+    def _fast_ex2(x):
+        return tl.exp2(x)
+
+    @triton.jit
+    def _fast_lg2(x):
         return tl.log2(x)
 else:
     @triton.jit
@@ -94,33 +111,118 @@ else:
     def _expm1(x):
         return libdevice.expm1(x)
 
-    @triton.jit
-    def _pow(u, g):
-        return libdevice.pow(u, g.to(u.dtype))  # libdevice wants both operands in one type
-
     if torch.version.hip is None:
+        # MUFU.RCP / EX2 / LG2 alone. Relative error ~1 ulp (rcp), ~2 ulp (ex2); lg2 absolute 2^-22
+        # near 1. Flushing subnormals to zero is harmless here: callers keep results normal or
+        # want 0 there.
         @triton.jit
         def _fast_rcp(x):
-            # MUFU.RCP alone (1 ulp); fast_dividef adds a canonicalising add. Callers keep x in [1, inf].
             return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                              is_pure=True, pack=1)
 
         @triton.jit
-        def _fast_log2(x):
-            return libdevice.fast_log2f(x)  # MUFU.LG2: absolute error ~2^-22 on [1, 2]
+        def _fast_ex2(x):
+            return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+
+        @triton.jit
+        def _fast_lg2(x):
+            return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
     else:  # ROCm: no PTX
         @triton.jit
         def _fast_rcp(x):
             return 1.0 / x
 
         @triton.jit
-        def _fast_log2(x):
+        def _fast_ex2(x):
+            return tl.exp2(x)
+
+        @triton.jit
+        def _fast_lg2(x):
             return tl.log2(x)
+
+
+# Hard labels as bytes (bool / uint8: positive iff != 0). PTX tests a byte of the packed label
+# word straight into a predicate (one LOP3 per element, where extracting the byte first takes two
+# instructions), and the predicate then selects or guards the element's arithmetic.
+def _byte_test(word, k):
+    return f"and.b32 t, {word}, {0xff << (8 * k)};\nsetp.ne.u32 p, t, 0;\n"
+
+
+def _asm_sigma_w():
+    """4 elements: $0-3 = pos ? s_pos : s_neg, $4-7 = pos ? w : w * inv  (inputs: $8 labels,
+    $9-12 s_pos, $13-16 s_neg, $17-20 w tied to $4-7, $21-24 inv): one guarded multiply in place."""
+    body = "".join(_byte_test("$8", k) + f"selp.b32 ${k}, ${9 + k}, ${13 + k}, p;\n"
+                   f"@!p mul.f32 ${4 + k}, ${4 + k}, ${21 + k};\n" for k in range(4))
+    return "{\n.reg .pred p;\n.reg .b32 t;\n" + body + "}"
+
+
+def _asm_sigma():
+    """4 elements: $0-3 = pos ? s_pos : s_neg (inputs: $4 labels, $5-8 s_pos, $9-12 s_neg)."""
+    body = "".join(_byte_test("$4", k) + f"selp.b32 ${k}, ${5 + k}, ${9 + k}, p;\n" for k in range(4))
+    return "{\n.reg .pred p;\n.reg .b32 t;\n" + body + "}"
+
+
+def _asm_add_pos():
+    """4 elements: $0-3 = acc + (pos ? v : 0) (inputs: $4 labels, $5-8 acc tied to $0-3, $9-12 v):
+    one guarded add in place."""
+    body = "".join(_byte_test("$4", k) + f"@p add.f32 ${k}, ${k}, ${9 + k};\n" for k in range(4))
+    return "{\n.reg .pred p;\n.reg .b32 t;\n" + body + "}"
+
+
+_ASM_SIGMA_W = tl.constexpr(_asm_sigma_w())
+_ASM_SIGMA = tl.constexpr(_asm_sigma())
+_ASM_ADD_POS = tl.constexpr(_asm_add_pos())
+_NATIVE_LABELS = tl.constexpr(not INTERPRET and torch.version.hip is None)
+
+
+@triton.jit
+def _label_sigma_w(raw, s_pos, s_neg, w, inv):
+    """(pos ? s_pos : s_neg, pos ? w : w * inv) for label bytes ``raw`` (pos: raw != 0)."""
+    if _NATIVE_LABELS and w.dtype == tl.float32:
+        return tl.inline_asm_elementwise(_ASM_SIGMA_W, "=r,=r,=r,=r,=r,=r,=r,=r," + "r," * 9 + "4,5,6,7,r,r,r,r",
+                                         [raw, s_pos, s_neg, w, inv], dtype=(tl.float32, tl.float32),
+                                         is_pure=True, pack=4)
+    else:
+        pos = raw != 0
+        return tl.where(pos, s_pos, s_neg), tl.where(pos, w, w * inv)
+
+
+@triton.jit
+def _label_sigma(raw, s_pos, s_neg):
+    """pos ? s_pos : s_neg for label bytes ``raw``."""
+    if _NATIVE_LABELS and s_pos.dtype == tl.float32:
+        return tl.inline_asm_elementwise(_ASM_SIGMA, "=r,=r,=r,=r," + "r," * 8 + "r", [raw, s_pos, s_neg],
+                                         dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        return tl.where(raw != 0, s_pos, s_neg)
+
+
+@triton.jit
+def _label_add(acc, raw, v):
+    """acc + (pos ? v : 0) for label bytes ``raw``."""
+    if _NATIVE_LABELS and acc.dtype == tl.float32:
+        return tl.inline_asm_elementwise(_ASM_ADD_POS, "=r,=r,=r,=r,r,0,1,2,3,r,r,r,r",
+                                         [raw, acc, tl.broadcast_to(v, acc.shape)],
+                                         dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        return acc + tl.where(raw != 0, v, 0.0)
+
+
+@triton.jit
+def _bf16_f32(z):
+    """bf16 -> fp32 as one shift or mask per element (the generic conversion spends two on odd ones)."""
+    if _NATIVE_LABELS:
+        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\nand.b32 $1, $2, 0xffff0000;", "=r,=r,r", [z],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return z.to(tl.float32)
 
 
 @triton.jit
 def _rcp(x):
-    """1 / x for x >= 1 (or inf)."""
+    """1 / x (fp32: approximate, for |x| normal or inf)."""
     if x.dtype == tl.float64:
         return 1.0 / x
     else:
@@ -128,43 +230,57 @@ def _rcp(x):
 
 
 @triton.jit
+def _ex(x):
+    """e^(x / S): 2^x in fp32, e^x in fp64."""
+    if x.dtype == tl.float64:
+        return _exp(x)
+    else:
+        return _fast_ex2(x)
+
+
+@triton.jit
+def _pow(u, g):
+    """u^g for u in [0, 1], g > 0 (0 at u = 0)."""
+    if u.dtype == tl.float64:
+        pos = u > 0.0
+        return tl.where(pos, _exp(g * _log(tl.where(pos, u, 1.0))), 0.0)
+    else:
+        return _fast_ex2(g * _fast_lg2(u))  # lg2(0) = -inf, ex2(-inf) = 0
+
+
+@triton.jit
 def _exp_neg(a):
-    """exp(-a) for a >= 0. fp32: ex2 of the rounded a*log2(e), relative error ~a * 2^-23, i.e.
-    below 1e-5 wherever the result is a normal float (a < 88)."""
+    """exp(-a) for a >= 0 (natural units)."""
     if a.dtype == tl.float64:
         return _exp(-a)
     else:
-        return tl.exp2(a * -_LOG2E)
+        return _fast_ex2(a * -_LOG2E)
 
 
 @triton.jit
 def _log1p_unit(e):
-    """log1p(e) for e in [0, 1]. fp32: Taylor below 1/8 (truncation < 6e-8 relative), else
-    lg2(1 + e) (relative error < 2e-6 there, where log1p(e) > 0.117)."""
+    """log1p(e) for e in [0, 1], natural units (the soft-label path)."""
     if e.dtype == tl.float64:
         return _log1p(e)
     else:
-        p = 1.0 / 7.0
-        p = 1.0 / 6.0 - e * p
-        p = 0.2 - e * p
-        p = 0.25 - e * p
-        p = 1.0 / 3.0 - e * p
-        p = 0.5 - e * p
-        p = e - e * (e * p)
-        return tl.where(e < 0.125, p, _fast_log2(1.0 + e) * _LN2)
+        return _log1p_bits(e, 1.0 + e) * _LN2
 
 
 @triton.jit
-def _rebalance_sigmoid(inv, row, map_beta, map_gamma):
-    """sigmoid(beta (inv * row - gamma)) (row = 1 / r_i). fp32: exp(-beta (q - gamma)) =
-    2^(k * row + c) with k = -beta log2(e) inv, so per element one FMA, one ex2 and one reciprocal
-    (their errors stay ~1e-7 on the weight)."""
-    if row.dtype == tl.float64:
-        return 1.0 / (1.0 + _exp(-(map_beta * (inv * row - map_gamma))))
+def _log1p_bits(e, q):
+    """S * log1p(e) for e >= 0 (q = 1 + e, rounded): a polynomial below _SMALL_E, lg2(q) above."""
+    if e.dtype == tl.float64:
+        return _log1p(e)
     else:
-        k = inv * (map_beta * -_LOG2E)
-        return _rcp(1.0 + tl.exp2(k * row + map_beta * map_gamma * _LOG2E))
+        p = e * _L1P_C2 + _L1P_C1
+        p = e * p + _L1P_C0
+        return tl.where(e < _SMALL_E, e * p, _fast_lg2(q))
 
+
+@triton.jit
+def _sigmoid_bits(t):
+    """1 / (1 + e^(t / S)) (the rebalance weight's sigmoid, argument pre-scaled by -S)."""
+    return _rcp(1.0 + _ex(t))
 
 
 @triton.jit
@@ -178,37 +294,37 @@ def _focal_power(u, gamma, POW: tl.constexpr):
 
 
 @triton.jit
-def _bce_focal_hard(xs, is_pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexpr):
-    """bce + focal for labels in {0, 1}, given xs = x for a negative, -x for a positive (the
-    logit pushed the wrong way): (element loss, d loss / d xs).
+def _bce_focal_bits(xs, gamma, gamma_s, POW: tl.constexpr, HAS_GRADIENTS: tl.constexpr):
+    """BCE + focal for labels in {0, 1}, from xs = S x for a negative, -S x for a positive (the
+    logit pushed the wrong way): (m, l, t) with element loss m * l (S units) and d loss / d (xs / S)
+    = m * t (natural units).
 
-    l = log1p(exp(-|x|)) + max(xs, 0), u = 1 - p_t = sigmoid(xs), p_t = sigmoid(-xs) and
-    d l / d xs = u, so the focal gradient u^g (u + g p_t l) needs no division by u and stays
-    finite at saturation for every g >= 0.
+    E = e^(xs / S), p_t = 1 / (1 + E), u = 1 - p_t = E p_t (exact in relative terms at both ends:
+    no 1 - p_t), l = S log1p(E) (= xs beyond the clamp of E). Focal: m = u^g and t = u + g p_t l,
+    whose product, the gradient, needs no division by u and stays finite at saturation for every
+    g >= 0; ``gamma_s`` is g / S (the gradient is in natural units). Plain BCE: m = 1, t = u.
     """
-    e = _exp_neg(tl.abs(xs))
-    r = _rcp(1.0 + e)
-    l = _log1p_unit(e) + tl.maximum(xs, 0.0)
-    wrong = xs >= 0.0
-    er = e * r
-    u = tl.where(wrong, r, er)
-    if POW == _POW_NONE:
-        loss = l
-        d = u
+    # min / max that keep a NaN logit NaN (the plain ones return the other operand)
+    if xs.dtype == tl.float64:
+        E = _exp(tl.minimum(xs, _XS_MAX64, propagate_nan=tl.PropagateNan.ALL))
     else:
-        m = _focal_power(u, gamma, POW)
-        loss = m * l
-        if HAS_GRADIENTS:
-            p_t = tl.where(wrong, er, r)
-            d = m * (u + gamma * (p_t * l))
-        else:
-            d = u
-    return loss, d
+        E = _fast_ex2(tl.minimum(xs, _XS_MAX32, propagate_nan=tl.PropagateNan.ALL))
+    q = 1.0 + E
+    l = tl.maximum(_log1p_bits(E, q), xs, propagate_nan=tl.PropagateNan.ALL)
+    p_t = _rcp(q)
+    u = E * p_t
+    if POW == _POW_NONE:
+        return 1.0, l, u
+    elif HAS_GRADIENTS:
+        return _focal_power(u, gamma, POW), l, u + gamma_s * (p_t * l)
+    else:
+        return _focal_power(u, gamma, POW), l, u
 
 
 @triton.jit
 def _bce_focal_soft(x, pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexpr):
-    """bce + focal for soft labels, the closed form of reference._FocalBCE (l/u := 1 at u == 0)."""
+    """BCE + focal for soft labels, natural units: the closed form of reference._FocalBCE (l/u := 1
+    at u == 0)."""
     e = _exp_neg(tl.abs(x))
     l = tl.maximum(x, 0.0) - x * pos + _log1p_unit(e)
     r = _rcp(1.0 + e)
@@ -227,4 +343,3 @@ def _bce_focal_soft(x, pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexp
         else:
             d = sig - pos
     return loss, d
-

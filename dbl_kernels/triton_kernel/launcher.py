@@ -1,6 +1,11 @@
 """Host side of the Triton backend: the launcher of ``dbl::fused_triton`` (same contract as the
 C++/CUDA op, see ``_spec.py``), its registration with the shared autograd glue, and the
 device-side gradient scale.
+
+Host cost per eager call on CUDA: one launch of ``_fused_kernel`` (the reduction of the partial
+sums runs inside it), two allocations (gradient, loss), no JIT binding or autotuner lookup after
+the first call of a specialisation (``launch`` keeps the compiled kernels), and the workspace
+(partial sums, ticket counter) reused per device and stream.
 """
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ from typing import Optional
 
 import torch
 import triton
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
-from .._spec import (MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_LOGIT_REG, MODE_NORM, MODE_REDUCTION,
-                     MODE_REWEIGHT, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM, SCALARS)
+from .._spec import (INV_FREQ, MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_LOGIT_REG, MODE_NORM,
+                     MODE_REDUCTION, MODE_REWEIGHT, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM,
+                     SCALARS)
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
-from ._math import INTERPRET, POW_ANY, POW_NONE, POW_ONE, POW_TWO
-from .kernels import (STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel,
-                      _stats_kernel, _sum_kernel)
+from ._math import INTERPRET, POW_ANY, POW_NONE, POW_ONE, POW_TWO, unit_scale
+from .kernels import (KEY_MIN, OPTIONS, ROW_REB_SLOPE, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS,
+                      _fused_kernel, _scale_kernel, _stats_kernel)
 
 
 def usable():
@@ -27,14 +34,45 @@ def usable():
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _sm(index):
+    """(SM count, registers per SM, threads per SM) of CUDA device ``index``."""
+    p = torch.cuda.get_device_properties(index)
+    return (p.multi_processor_count, getattr(p, "regs_per_multiprocessor", 65536),
+            getattr(p, "max_threads_per_multi_processor", 2048))
 
 
-def _target_programs(device):
+def _device_index(device):
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def max_programs(device):
+    """Most programs any launch here runs at once (32 CTAs per SM), the partial-sum buffer's size."""
+    return _sm(_device_index(device))[0] * 32 if device.type == "cuda" else 64
+
+
+def programs_cap(device, num_warps, n_regs=None):
+    """The persistent grid's size: as many programs as fit on the GPU at once (by registers and
+    threads; 16 // num_warps per SM before the register count is known), so no program waits for
+    another to finish; 2 in the interpreter. ``tuning.tiles.programs`` overrides."""
+    if tuning.tiles.programs:
+        return tuning.tiles.programs
     if device.type != "cuda":
-        return 1
-    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return 2
+    sms, regs, threads = _sm(_device_index(device))
+    if n_regs is None:
+        return sms * max(1, 16 // num_warps)
+    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
+    return sms * max(1, min(regs // (per_warp * num_warps), threads // (32 * num_warps), 32))
+
+
+class Persistent:
+    """The grid of a persistent kernel: min(row tiles, programs that fit) x split."""
+
+    def __init__(self, n_tiles, split=1):
+        self.n_tiles, self.split = n_tiles, split
+
+    def __call__(self, cap):
+        return (max(1, min(self.n_tiles, cap // self.split)), self.split)
 
 
 def pow_mode(focal, gamma):
@@ -54,9 +92,181 @@ except AttributeError:  # torch < 2.6: a plain custom op, kernels launched direc
     _wrap = None
 
 
-def _launch(kernel, tensor):
-    """wrap_triton only while tracing: in eager it would cost ~0.2 ms of host time per launch."""
-    return _wrap(kernel) if _wrap is not None and not is_eager(tensor) else kernel
+# ---------------------------------------------------------------------------------------------
+# Launching. Eager CUDA calls keep each compiled kernel by its specialisation (the argument types
+# and alignments Triton specialises on, the constexprs, num_warps) and launch it directly; the
+# first call of a specialisation goes through the JIT (or the autotuner), which compiles it.
+# ---------------------------------------------------------------------------------------------
+_COMPILED = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _backend():
+    from triton.compiler import make_backend
+
+    return make_backend(triton.runtime.driver.active.get_current_target())
+
+
+def _specialisation(fn, args):
+    """What Triton specialises a launch of ``fn`` on: constexpr values, and per runtime argument its
+    type and alignment / divisibility (floats: fp64 by annotation, never specialised)."""
+    from triton._C.libtriton import native_specialize_impl
+
+    backend = _backend()
+    return tuple(args[p.name] if p.is_constexpr else
+                 None if isinstance(args[p.name], float) else
+                 native_specialize_impl(backend, args[p.name], False, True, True) for p in fn.params)
+
+
+def launch(kernel, grid, args, num_warps, eager):
+    """Launch ``kernel`` (a JITFunction) with ``args`` (every parameter by name) on ``grid``: a
+    tuple, or a Persistent grid sized from the compiled kernel's registers. The one entry point
+    of every launch of this backend (tests count launches by wrapping it)."""
+    device = args["y_ptr" if "y_ptr" in args else "g_ptr"].device
+    if INTERPRET or not eager:
+        if isinstance(grid, Persistent):
+            grid = grid(programs_cap(device, num_warps))
+        (_wrap(kernel) if _wrap is not None and not eager else kernel)[grid](**args, num_warps=num_warps)
+        return
+    index = _device_index(device)
+    if index != torch.cuda.current_device():  # kernels load and launch on the current device
+        with torch.cuda.device(index):
+            _launch_compiled(kernel, grid, args, num_warps, device, index)
+    else:
+        _launch_compiled(kernel, grid, args, num_warps, device, index)
+
+
+def _launch_compiled(kernel, grid, args, num_warps, device, index):
+    """The compiled kernel of this specialisation (compiled on first sight without a launch: the
+    grid may depend on its registers), launched as the JIT would, minus its argument binding."""
+    key = (kernel, index, num_warps, _specialisation(kernel, args))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = kernel.warmup(**args, grid=(1,), num_warps=num_warps)
+        compiled._init_handles()
+        _COMPILED[key] = compiled
+    if isinstance(grid, Persistent):
+        grid = grid(programs_cap(device, num_warps, compiled.n_regs))
+    values = [args[n] for n in kernel.arg_names]
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    stream = triton.runtime.driver.active.get_current_stream(index)
+    hooks = triton.knobs.runtime
+    compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(g, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
+                 *values)
+
+
+_TUNED = {}
+
+
+def autotuned_meta(configs, key, grid, args, eager):
+    """(meta, num_warps) the autotuner picks among ``configs`` for ``key`` (the constexprs, dtypes
+    and N bucket), once per key and device: its first call benchmarks the configs (and launches the
+    best one, which the caller's own launch then repeats with the grid every later call gets).
+    Under tracing: None, the autotuner launched into the graph."""
+    frozen = tuning.freeze(configs)
+    key = (frozen, key, torch.cuda.current_device())
+    best = _TUNED.get(key)
+    if best is not None:
+        return best
+    device = args["z_ptr"].device
+    tuner = tuning.autotuner(frozen, key[1][-1])
+
+    def tuner_grid(meta):
+        return grid(meta)(programs_cap(device, 4))
+
+    if not eager:
+        (_wrap(tuner) if _wrap is not None else tuner)[tuner_grid](**args)
+        return None
+    tuner[tuner_grid](**args)
+    best = _TUNED[key] = (dict(tuner.best_config.kwargs), tuner.best_config.num_warps)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached device state: the kernel's class table and the per-stream workspace.
+# ---------------------------------------------------------------------------------------------
+_TABLES = WeakIdKeyDictionary()
+
+
+def options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max):
+    """The kernels' scalar options (kernels.OPTIONS), derived in float64."""
+    unit = unit_scale(dtype)
+    return (map_alpha, map_beta * map_gamma * unit, -map_beta * unit * w_max, w_max, neg_scale * unit,
+            1.0 / neg_scale, gamma, gamma / unit, scale / unit, cb_log_beta)
+
+
+def kernel_table(class_params, opts, map_beta, cached):
+    """The class table the kernels read (kernels.TABLE_ROWS rows of C, then the options ``opts``):
+    built once per class_params tensor, version and options where ``cached`` (eager, not capturing
+    a CUDA graph); a table cached before a capture serves it too."""
+    cache = not class_params.is_inference()  # inference tensors have no version counter
+    if cache and (cached or is_eager(class_params)):
+        entry = _TABLES.get(class_params)
+        if entry is not None and entry[0] == (class_params._version, opts):
+            return entry[1]
+    slope = class_params[INV_FREQ] * (-map_beta * unit_scale(class_params.dtype))
+    tail = torch.empty((len(opts),), dtype=class_params.dtype, device=class_params.device)
+    for k, value in enumerate(opts):  # fills, not a host-to-device copy: capturable
+        tail[k] = value
+    table = torch.cat([class_params[:ROW_REB_SLOPE].reshape(-1), slope, tail])
+    if cache and cached:
+        _TABLES[class_params] = ((class_params._version, opts), table)
+    return table
+
+
+class _Workspace:
+    """Partial sums (one per program) and the int64 sync slots (ticket counter) of the in-kernel
+    reduction. Kernels leave the counter at 0, so one workspace serves every call on its stream."""
+
+    def __init__(self, device, dtype, n_partials):
+        self.partials = torch.empty((n_partials,), dtype=dtype, device=device)
+        self.sync = torch.zeros((SYNC_SLOTS,), dtype=torch.int64, device=device)
+
+
+_WORKSPACES = {}
+
+
+def workspace(device, dtype, n_partials, cached):
+    """The workspace of the current stream: cached where ``cached`` (eager, not capturing), else
+    fresh and part of the graph (a CUDA graph's replays reset its counter; sharing cached memory
+    between graphs, or a graph and eager calls, would race)."""
+    if not cached:
+        return _Workspace(device, dtype, n_partials)
+    if device.type == "cuda":
+        index = _device_index(device)
+        key = (index, triton.runtime.driver.active.get_current_stream(index), dtype)
+    else:
+        key = (device.type, None, dtype)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.partials.numel() < n_partials:
+        ws = _WORKSPACES[key] = _Workspace(device, dtype, n_partials)
+    return ws
+
+
+# ---------------------------------------------------------------------------------------------
+# The op.
+# ---------------------------------------------------------------------------------------------
+def _plan(n_rows, n_cols, dtype, need_grad, light):
+    """(configs or None, fixed meta or None, wide): the tile choices of this shape, for logits of
+    ``dtype``."""
+    tiles = tuning.tiles
+    if n_cols <= tuning.one_tile_max_c(dtype):
+        if tiles.row_tile_elems is None:
+            return tuning.row_configs(n_cols, dtype, need_grad, light), None, False
+        block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 32 * tuning.vec(dtype))[-1]
+        meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
+        return None, meta, False
+    if tiles.loop_block_c is None:
+        return tuning.loop_configs(dtype, light), None, True
+    meta = dict(BLOCK_N=max(1, (tiles.loop_tile_elems or 2 * tiles.loop_block_c) // tiles.loop_block_c),
+                BLOCK_C=tiles.loop_block_c)
+    return None, meta, True
+
+
+def _fixed_warps(meta, dtype):
+    """Enough warps for <= 16 (fp64: 4) elements per thread."""
+    return min(tuning.max_warps(dtype), max(4, meta["BLOCK_N"] * meta["BLOCK_C"] // (32 * tuning.per_thread(dtype))))
 
 
 def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor], class_params: torch.Tensor,
@@ -69,6 +279,8 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     n_rows, n_cols = logits.shape
     dtype = compute_dtype(logits)
     device = logits.device
+    eager = is_eager(logits)
+    cached = eager and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
     reduce_none = reduction == REDUCTION_NONE
     grad = (torch.empty((n_rows, n_cols), dtype=logits.dtype, device=device) if need_grad
             else logits.new_empty((0,)))
@@ -87,70 +299,74 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stride_wn, stride_wc = wt.stride()
     hard, has_unknown = labels_kind(labels.dtype)
     needs_stats = reweight_mode in STATS_MODES
+    by_batch = weight_norm == NORM_BATCH and needs_stats
+    opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max)
+    table = kernel_table(class_params, opts, map_beta, cached)
+    configs, meta, wide = _plan(n_rows, n_cols, logits.dtype, need_grad,
+                                tuning.light(labels.dtype, weight is not None))
     tiles = tuning.tiles
-    rows_regime = n_cols <= tuning.one_tile_max_c(logits.dtype)
-    consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
-                  POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
-                  HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown,
-                  STATS=STATS_INLINE if needs_stats else STATS_NONE)
     split, chunk = 1, n_cols
-    if rows_regime:
-        block_c = triton.next_power_of_2(n_cols)
-        if tiles.row_tile_elems is None:
-            kernel, min_rows = tuning.row_autotuner(block_c, tuning.needs_narrow(n_cols),
-                                                     tuning.per_thread(logits.dtype))
-            meta = {}
-        else:
-            one = tiles.row_block_c is None
-            meta = dict(ONE_TILE=one, BLOCK_C=block_c if one else tiles.row_block_c,
-                        TILE_ELEMS=max(tiles.row_tile_elems, block_c if one else tiles.row_block_c))
-            kernel = _fused_kernel
-            min_rows = tuning.min_rows([(dict(meta, TILE_ELEMS=min(meta["TILE_ELEMS"], tiles.slot_tile_elems or
-                                                                    meta["TILE_ELEMS"])), 0)])
-    else:
-        if tiles.loop_block_c is None:
-            kernel, meta, min_rows = tuning.loop_autotuner(tuning.per_thread(logits.dtype)), {}, 1
-        else:
-            tile_elems = tiles.loop_tile_elems or tiles.loop_block_c
-            kernel = _fused_kernel
-            meta = dict(ONE_TILE=False, BLOCK_C=tiles.loop_block_c, TILE_ELEMS=tile_elems)
-            min_rows = tile_elems // tiles.loop_block_c
-        split = tiles.split or max(1, min(-(-_target_programs(device) // -(-n_rows // min_rows)),
-                                          -(-n_cols // tiles.chunk_align)))
+    if wide:  # too few row tiles to fill the GPU: split the columns too
+        row_tiles = -(-n_rows // (meta["BLOCK_N"] if meta else tuning.min_rows(configs)))
+        target = 4 * (_sm(_device_index(device))[0] if device.type == "cuda" else 0)
+        split = tiles.split or max(1, min(-(-target // row_tiles), -(-n_cols // tiles.chunk_align)))
         chunk = -(-n_cols // split)
         chunk = -(-chunk // tiles.chunk_align) * tiles.chunk_align
         split = -(-n_cols // chunk)
-        if needs_stats and split > 1:
-            consts["STATS"] = STATS_BUFFER
-    n_slot_rows = -(-n_rows // min_rows)
-    if reduce_none:
-        out = torch.empty((n_rows, n_cols), dtype=dtype, device=device)
-    else:
-        out = torch.empty((split * n_slot_rows,), dtype=dtype, device=device)
-    stats = aux
-    if consts["STATS"] == STATS_BUFFER:
-        stats = torch.empty((2, split, n_rows), dtype=dtype, device=device)
-        _launch(_stats_kernel, logits)[(n_rows, split)](
-            labels, class_params, stats, n_rows, n_cols, labels.stride(0), chunk, split,
-            REWEIGHT=reweight_mode, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, BLOCK_C=tiles.stats_block_c,
-            num_warps=tuning.STATS_WARPS)
+    stats_mode = STATS_NONE
+    if needs_stats:
+        stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
+    consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
+                  POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
+                  HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode)
+    ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), cached)
+    out = (torch.empty((n_rows, n_cols), dtype=dtype, device=device) if reduce_none
+           else torch.empty((), dtype=dtype, device=device))
+    stats, bmax, stats_split = ws.partials, ws.sync, split
+    if stats_mode == STATS_BUFFER:
+        stats_split = 1 if by_batch else split
+        stats, bmax = _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, stats_split,
+                                 chunk if stats_split > 1 else n_cols, dtype, eager, opts)
+    args = dict(z_ptr=logits, y_ptr=labels, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
+                part_ptr=ws.partials, sync_ptr=ws.sync, out_ptr=out, grad_ptr=grad, N=n_rows, C=n_cols,
+                stride_z=logits.stride(0), stride_y=labels.stride(0), stride_wn=stride_wn, stride_wc=stride_wc,
+                chunk=chunk, stats_split=stats_split, **dict(zip(OPTIONS, opts)), **consts)
 
     def grid(meta):
-        rows = -(-meta["TILE_ELEMS"] // meta["BLOCK_C"])
-        return (triton.cdiv(n_rows, rows), split)
+        return Persistent(-(-n_rows // meta["BLOCK_N"]), split)
 
-    if kernel is _fused_kernel:  # fixed tiles: enough warps for <= 16 (fp64: 8) elements per thread
-        meta["num_warps"] = min(16, max(4, meta["TILE_ELEMS"] // (32 * tuning.per_thread(logits.dtype))))
-    _launch(kernel, logits)[grid](
-        logits, labels, wt, class_params, aux, stats, out, grad,
-        n_rows, n_cols, logits.stride(0), labels.stride(0), stride_wn, stride_wc, chunk, split, n_slot_rows,
-        map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max,
-        MIN_ROWS=min_rows, **consts, **meta)
-    if reduce_none:
-        return out, grad
-    loss = torch.empty((), dtype=dtype, device=device)
-    _launch(_sum_kernel, logits)[(1,)](out, out.numel(), loss, BLOCK=128 if INTERPRET else tuning.SUM_BLOCK)
-    return loss, grad
+    if meta is None:
+        if INTERPRET:
+            meta, num_warps = configs[0]
+        else:
+            key = (tuple(consts.values()), n_cols, logits.dtype, labels.dtype, wt.dtype, tuning.n_bucket(n_rows))
+            picked = autotuned_meta(configs, key, grid, args, eager)
+            if picked is None:  # traced: the autotuner launched it
+                return out, grad
+            meta, num_warps = picked
+    else:
+        meta = dict(meta, ONE_TILE=meta["BLOCK_C"] >= n_cols,
+                    C_TILES=0 if wide or not need_grad else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
+        num_warps = _fixed_warps(meta, logits.dtype)
+    args.update(meta)
+    launch(_fused_kernel, grid(meta), args, num_warps, eager)
+    return out, grad
+
+
+def _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, split, chunk, dtype, eager, opts):
+    """Row statistics of each column chunk (and the batch-max key for by_batch) in their own pass."""
+    n_rows, n_cols = labels.shape
+    tiles = tuning.tiles
+    block_c = tuning.column_tiles(min(chunk, n_cols), tiles.stats_block_c)[-1]
+    block_n = max(1, tuning.STATS_TILE // block_c) if not INTERPRET else max(1, tiles.stats_block_c // block_c)
+    stats = torch.empty((2, split, n_rows), dtype=dtype, device=labels.device)
+    bmax = torch.full((1,), KEY_MIN, dtype=torch.int64, device=labels.device) if by_batch else stats
+    args = dict(y_ptr=labels, cp_ptr=table, stats_ptr=stats, bmax_ptr=bmax, N=n_rows, C=n_cols,
+                stride_y=labels.stride(0), chunk=chunk, **dict(zip(OPTIONS, opts)),
+                REWEIGHT=reweight_mode, BATCH_MAX=by_batch, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown,
+                BLOCK_N=block_n, BLOCK_C=block_c)
+    launch(_stats_kernel, Persistent(-(-n_rows // block_n), split), args, tuning.STATS_WARPS, eager)
+    return stats, bmax
 
 
 def scale_grad(grad, grad_output):
@@ -162,10 +378,10 @@ def scale_grad(grad, grad_output):
         return
     n = grad.numel()
     blocks = triton.cdiv(n, tuning.SCALE_BLOCK)
-    programs = min(blocks, _target_programs(grad.device) * 2) if grad.is_cuda else min(blocks, 4)
+    programs = min(blocks, max_programs(grad.device) if grad.is_cuda else 4)
     iters = triton.cdiv(blocks, programs)
-    _scale_kernel[(programs,)](grad, grad_output, n, iters, BLOCK=tuning.SCALE_BLOCK)
-
+    launch(_scale_kernel, (programs,), dict(g_ptr=grad, go_ptr=grad_output, n=n, iters=iters,
+                                            BLOCK=tuning.SCALE_BLOCK), 4, is_eager(grad))
 
 
 _SCALAR = {name: i for i, name in enumerate(SCALARS)}

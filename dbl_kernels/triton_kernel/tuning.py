@@ -1,6 +1,11 @@
 """Tile choices of the Triton kernels: the autotune sets on a GPU, fixed tiles in the interpreter,
 and the test hook that forces other tiles. Read ``tiles`` through this module (``tuning.tiles``):
 ``force_tiles`` rebinds it.
+
+Every program of ``_fused_kernel`` loops over row tiles of BLOCK_N rows (a persistent grid of a few
+programs per SM) and, within a row tile, over columns in BLOCK_C-wide tiles. BLOCK_C is a power of
+two that divides C up to a 16-column tail where it can (C = 80: 16, no padding); narrow rows take
+many rows per tile, wide ones (C above ONE_TILE_MAX_C) 2-4 rows of long column tiles.
 """
 from __future__ import annotations
 
@@ -15,95 +20,139 @@ import triton
 from ._math import INTERPRET
 from .kernels import _fused_kernel
 
-CHUNK_ALIGN = 4096  # column-split chunks are multiples of every loop BLOCK_C, so tiles stay 16-aligned
-
-ONE_TILE_MAX_C = 4096
-# Rows regime (C <= ONE_TILE_MAX_C), as (TILE_ELEMS, num_warps): one tile of next_pow2(C) columns
-# and TILE_ELEMS / next_pow2(C) rows. 8-16 elements per thread: 8 take ~40 registers, 16 ~100
-# (bf16/uint8 DB-focal, sm_90); more would cut occupancy or spill.
-_ROW_CONFIGS = ((1024, 4), (2048, 4), (2048, 8), (4096, 8), (8192, 16))
-# ... and (BLOCK_C, TILE_ELEMS, num_warps): narrow column loops, for C that next_pow2 pads by
-# more than 10% (C = 80 would leave 3/8 of the lanes idle; compute, not memory, is the limit).
-_NARROW_CONFIGS = ((16, 1024, 4), (16, 2048, 8), (32, 1024, 4), (32, 2048, 8))
-# Large C, as (BLOCK_C, num_warps): one row per program, columns looped (and split, for few rows).
-_LOOP_CONFIGS = ((1024, 4), (2048, 8), (4096, 8), (4096, 16))
-SUM_BLOCK = 1024
+CHUNK_ALIGN = 4096  # column-split chunks are multiples of every BLOCK_C, so tiles stay 16-aligned
+ONE_TILE_MAX_C = 4096  # above: the wide regime (2-4 rows per tile, column tiles up to 4096 wide)
+# Elements per thread per tile: 8 (one 128-bit bf16 load) or 16; more would cut occupancy or spill.
+_ROW_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))  # (TILE_ELEMS, num_warps) of narrow rows
+# (BLOCK_N, BLOCK_C, num_warps) of wide rows, 8-16 elements per thread in at most 2 rows (more rows take
+# a row pointer each and cost instructions). 8 warps of 16 elements spill: ptxas caps them at 128
+# registers (two blocks per SM).
+_WIDE_TILES = ((2, 1024, 4), (4, 1024, 16), (4, 2048, 16))
+MAX_PADDING = 0.1  # column tiles may pad C by at most this share (C = 80: 16-wide tiles only)
 SCALE_BLOCK = 4096
-STATS_BLOCK_C = 2048
-STATS_WARPS = 8
-_ROW_KEY = ["C", "REWEIGHT", "POW", "HAS_GRADIENTS", "REDUCE_NONE"]
+STATS_TILE = 1024
+STATS_WARPS = 4
+_KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIENTS", "HAS_WEIGHT", "HARD_LABELS",
+        "HAS_UNKNOWN", "STATS"]
 
 
 def per_thread(dtype):
     """Elements per thread the tiles may give without spilling (fp64 math takes ~4x the registers)."""
-    return 2 if dtype == torch.float64 else 16
+    return 4 if dtype == torch.float64 else 16
+
+
+def max_warps(dtype):
+    """fp64 needs more than the 128 registers per thread a 16-warp block leaves."""
+    return 8 if dtype == torch.float64 else 16
+
+
+def vec(dtype):
+    """Logits per 128-bit load: the columns a thread holds side by side (the kernels' VEC)."""
+    return 16 // dtype.itemsize
 
 
 def one_tile_max_c(dtype):
-    return min(tiles.one_tile_max_c, 16 * 32 * per_thread(dtype))
+    """The widest rows of the narrow-row regime (many rows per tile)."""
+    return min(tiles.one_tile_max_c, max_warps(dtype) * 32 * per_thread(dtype))
 
 
-def row_configs(block_c, narrow, per_thread=16):
-    """[(constexprs, num_warps)] of the rows regime for next_pow2(C) == block_c."""
-    if block_c < 16:  # rows of one element: a pointer per element, and ptxas spilled at 4 per thread (sm_80, by_instance)
-        per_thread = min(per_thread, 2)
+def _padding(n_cols, block_c):
+    return (-(-n_cols // block_c) * block_c - n_cols) / n_cols
+
+
+def column_tiles(n_cols, widest):
+    """BLOCK_C candidates: powers of two from 16 to ``widest`` that pad C by at most MAX_PADDING
+    (the least padding if none does)."""
+    cands = [1 << k for k in range(4, max(4, (widest - 1).bit_length()) + 1)]
+    if n_cols < 16:
+        return [triton.next_power_of_2(n_cols)]
+    cands = [b for b in cands if b <= max(16, triton.next_power_of_2(n_cols))]
+    fits = [b for b in cands if _padding(n_cols, b) <= MAX_PADDING]
+    return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
+
+
+def light(labels_dtype, has_weight):
+    """Whether an element's state is small enough for 16 elements per thread without spilling:
+    bool / uint8 labels (tested as bytes) and no weight tensor; else 8."""
+    return labels_dtype in (torch.bool, torch.uint8) and not has_weight
+
+
+def row_configs(n_cols, dtype, unroll=True, light=True):
+    """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C) for logits of
+    ``dtype``. Column tiles at most one warp wide (32 * VEC columns), so the row statistics reduce
+    within warps. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
+    gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
+    the loss-only kernels loop. ``light``: see light()."""
+    pt, most = min(per_thread(dtype), 16 if light else 8), max_warps(dtype)
     configs = {}
-    for t, w in _ROW_CONFIGS:
-        t = max(t, block_c)
-        w = min(16, max(w, t // (32 * per_thread)))
-        if t <= 16 * 32 * per_thread:
-            configs[(True, block_c, t, w)] = None
-    if narrow:
-        for b, t, w in _NARROW_CONFIGS:
-            if b < block_c and t <= w * 32 * per_thread:
-                configs[(False, b, t, w)] = None
-    return [(dict(ONE_TILE=o, BLOCK_C=b, TILE_ELEMS=t), w) for o, b, t, w in configs]
+    for b in column_tiles(n_cols, 32 * vec(dtype))[-1:]:  # the widest: fewest passes over a row
+        for t, w in _ROW_TILES:
+            t = max(t, b)
+            w = max(w, t // (32 * pt))
+            if w <= most and t <= most * 32 * pt:
+                configs[(t // b, b, w)] = None
+    return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b) if unroll else 0), w)
+            for n, b, w in configs]
 
 
-def loop_configs(per_thread=16):
+MAX_UNROLL = 8
+MAX_UNROLL_C = 256
+
+
+def c_tiles(n_cols, block_c):
+    """C_TILES of _fused_kernel: the number of column tiles when C (at most MAX_UNROLL_C) is a few
+    BLOCK_C (the column loop is then unrolled, with constant offsets), else 0."""
+    k, rem = divmod(n_cols, block_c)
+    return k if rem == 0 and 1 < k <= MAX_UNROLL and n_cols <= MAX_UNROLL_C else 0
+
+
+def loop_configs(dtype, light=True):
+    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: see light())."""
+    pt = min(per_thread(dtype), 16 if light else 8)
     configs = {}
-    for b, w in _LOOP_CONFIGS:
-        w = max(w, b // (32 * per_thread))
-        if w <= 16:
-            configs[(b, w)] = None
-    return [(dict(ONE_TILE=False, BLOCK_C=b, TILE_ELEMS=b), w) for b, w in configs]
-
-
-def needs_narrow(n_cols):
-    return n_cols >= 32 and triton.next_power_of_2(n_cols) * 0.9 > n_cols
+    for n, b, w in _WIDE_TILES:
+        w = max(w, n * b // (32 * pt))
+        rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
+        if w <= max_warps(dtype) and rows_per_thread <= 2:
+            configs[(n, b, w)] = None
+    if not configs:  # fp64: one row, 4 elements per thread
+        configs[(1, 32 * max_warps(dtype) * pt, max_warps(dtype))] = None
+    return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
 
 def min_rows(configs):
-    return min(c["TILE_ELEMS"] // c["BLOCK_C"] for c, _ in configs)
+    """The fewest rows any of ``configs`` puts in a tile."""
+    return min(c["BLOCK_N"] for c, _ in configs)
 
 
-def _autotuned(configs):
-    return triton.autotune([triton.Config(c, num_warps=w) for c, w in configs], key=_ROW_KEY)(_fused_kernel)
-
-
-@functools.lru_cache(maxsize=None)
-def row_autotuner(block_c, narrow, per_thread):
-    configs = row_configs(block_c, narrow, per_thread)
-    return _autotuned(configs), min_rows(configs)
+def n_bucket(n_rows):
+    """The autotuner's key for the batch size: next power of two, capped (large N all tune alike)."""
+    return min(triton.next_power_of_2(max(n_rows, 1)), 1 << 16)
 
 
 @functools.lru_cache(maxsize=None)
-def loop_autotuner(per_thread):
-    return _autotuned(loop_configs(per_thread))
+def autotuner(configs, bucket):
+    """One autotuner per config set and N bucket (each keeps its own cache of best configs)."""
+    del bucket  # part of the cache key only
+    return triton.autotune([triton.Config(dict(c), num_warps=w) for c, w in configs], key=_KEY)(_fused_kernel)
+
+
+def freeze(configs):
+    return tuple((tuple(sorted(c.items())), w) for c, w in configs)
 
 
 @dataclasses.dataclass
 class _Tiles:
     """Fixed tiles instead of autotuning (always in the interpreter); tests shrink them to reach
-    the column loop, the split and the slot layout on tiny inputs."""
+    the column loop, its tail, the split and the persistent loop on tiny inputs."""
     one_tile_max_c: int = ONE_TILE_MAX_C
     row_tile_elems: Optional[int] = 1024 if INTERPRET else None   # None: autotuned
-    row_block_c: Optional[int] = None                              # rows regime: None one tile, else a narrow loop
-    slot_tile_elems: Optional[int] = None                          # smallest tile the partial slots allow for
+    row_block_c: Optional[int] = None                              # None: the first column_tiles choice
     loop_block_c: Optional[int] = 512 if INTERPRET else None      # None: autotuned
-    loop_tile_elems: Optional[int] = None                          # default: one row per program
-    stats_block_c: int = 512 if INTERPRET else STATS_BLOCK_C
+    loop_tile_elems: Optional[int] = None                          # default: 2 rows per tile
+    stats_block_c: int = 512 if INTERPRET else STATS_TILE
     split: Optional[int] = None                                    # None: from the SM count
+    programs: Optional[int] = None                                 # persistent grid size; None: from the SM count
     chunk_align: int = CHUNK_ALIGN
 
 
@@ -120,4 +169,3 @@ def force_tiles(**changes):
         yield
     finally:
         tiles = saved
-

@@ -1,0 +1,211 @@
+"""Instruction-count models behind ``static_check.py``'s figures per logits element: how often each
+loop of a main-path kernel runs and how many elements a warp covers, combined with the per-loop
+costs that ``sass_cfg.analyse`` reads off the SASS (see static_check's docstring for the rules).
+
+* ``triton_model``: ``_fused_kernel`` of ``dbl_kernels/triton_kernel/kernels.py``.
+* ``cuda_model`` / ``CUDA_MAIN``: the vector-path ``fused_kernel`` of ``csrc/dbl_block.h`` under the
+  plan of ``csrc/dbl_plan.h``. Edit with those files.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+@dataclass
+class Estimate:
+    sass: float = 0.0
+    sass_min: float = 0.0
+    mufu: float = 0.0
+    exact: bool = True
+    notes: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    def __add__(self, other):
+        return Estimate(self.sass + other.sass, self.sass_min + other.sass_min, self.mufu + other.mufu,
+                        self.exact and other.exact, self.notes + other.notes, self.problems + other.problems)
+
+
+def walk(cost, trips, per_warp, note):
+    """Per-element figures of one kernel: ``trips`` are the iterations per warp of each loop of
+    ``cost.loops`` (address order, inner loops in full: not per outer iteration), ``per_warp`` the
+    logits elements one warp's program covers."""
+    if len(trips) != len(cost.loops):
+        shape = ", ".join(f"{lp.header:#x}" + (f" in {cost.loops[lp.parent].header:#x}" if lp.parent is not None
+                                                 else "") for lp in cost.loops) or "none"
+        return Estimate(problems=[f"loop model expects {len(trips)} loop(s), the SASS has {len(cost.loops)} "
+                                  f"({shape}): update the model"])
+    hi = cost.straight.max + sum(t * lp.own.max for t, lp in zip(trips, cost.loops))
+    lo = cost.straight.min + sum(t * lp.own.min for t, lp in zip(trips, cost.loops))
+    mufu = cost.straight.mufu + sum(t * lp.own.mufu for t, lp in zip(trips, cost.loops))
+    exact = all(lp.own.exact for t, lp in zip(trips, cost.loops) if t)
+    cold = cost.straight.cold + sum(lp.own.cold for t, lp in zip(trips, cost.loops) if t)
+    notes = [note] + ([f"{cold} cold block(s) on the path"] if cold else [])
+    return Estimate(32 * hi / per_warp, 32 * lo / per_warp, 32 * mufu / per_warp, exact, notes, list(cost.problems))
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def triton_model(spec):
+    """(trips, elements per warp, note) of ``_fused_kernel`` for its main-path problem: many rows, no
+    column split, one row tile per program (the costliest case per element: more tiles per program
+    only spread its straight-line code thinner). Loops in address order: the persistent row-tile
+    loop; inside it, unless the row is one tile (``ONE_TILE``) or unrolled (``C_TILES``), the
+    statistics loop (``STATS`` inline: tiles of ``stats_width() * BLOCK_C`` labels) and the loss loop;
+    then the last program's sum over the partials (one trip: at most 1024 programs)."""
+    from dbl_kernels.triton_kernel.kernels import STATS_INLINE, stats_width
+
+    ce, n_cols, warps = spec["constexprs"], spec["problem"]["C"], spec["options"]["num_warps"]
+    rows, block_c = ce["BLOCK_N"], ce["BLOCK_C"]
+    per_warp = rows * n_cols / warps
+    loops, trips = ["row tiles"], [1]
+    if not ce["ONE_TILE"] and not ce["C_TILES"]:
+        if ce["STATS"] == STATS_INLINE:
+            loops.append("statistics")
+            trips.append(n_cols // (stats_width(ce["REWEIGHT"]) * block_c))
+        loops.append("loss")
+        trips.append(n_cols // block_c)
+    if not ce["REDUCE_NONE"]:
+        loops.append("partial sum")
+        trips.append(1)
+    shape = "one tile" if ce["ONE_TILE"] else f"{ce['C_TILES']} unrolled tiles" if ce["C_TILES"] else \
+        f"{n_cols // block_c} tiles"
+    return trips, per_warp, (f"{rows} row(s) x {block_c} columns, {shape}; loops: "
+                             + ", ".join(f"{n} x {t}" for n, t in zip(loops, trips)))
+
+
+def _tail_loads(ins):
+    """A masked (guarded) global load: the column tail of a row tile, where full tiles load unmasked."""
+    return ins.base == "LDG" and not ins.always
+
+
+def _dead_tails(spec):
+    """Whether the masked column tails of the statistics and loss loops never run on the main-path
+    problem (C a multiple of both tile widths): their blocks are then off the counted path."""
+    from dbl_kernels.triton_kernel.kernels import STATS_INLINE, stats_width
+
+    ce, n_cols = spec["constexprs"], spec["problem"]["C"]
+    if ce["ONE_TILE"] or ce["C_TILES"]:
+        return False  # no tail: the one tile is masked, unrolled tiles are exact
+    stats_c = stats_width(ce["REWEIGHT"]) * ce["BLOCK_C"]
+    return n_cols % ce["BLOCK_C"] == 0 and (ce["STATS"] != STATS_INLINE or n_cols % stats_c == 0)
+
+
+# csrc/dbl_plan.h: kThreads, kRounds, kVec, kMaxRows, kMaxBlocks, kTargetItems
+_THREADS, _ROUNDS, _VEC, _MAX_ROWS, _MAX_BLOCKS, _TARGET_ITEMS = 256, 8, 8, 256, 4096, 512
+CUDA_N = 4096  # the batch the CUDA figures are for (the plan's chunk size depends on N)
+
+
+def cuda_geometry(n_rows, n_cols):
+    """rows_geometry of csrc/dbl_plan.h for the vector paths (fp32 compute): dict of rounds, rows,
+    chunks, items, blocks, G (threads per row in the statistics tree)."""
+    vpr, slots = _cdiv(n_cols, _VEC), _THREADS * _ROUNDS
+    if vpr > slots:  # one row per item in full chunks
+        items = n_rows
+        return dict(vpr=vpr, rounds=_ROUNDS, rows=1, chunks=_cdiv(vpr, slots), items=items,
+                    blocks=min(items, _MAX_BLOCKS), G=_THREADS)
+    rounds = min(max(_cdiv(n_rows * vpr, _TARGET_ITEMS * _THREADS), 1), _ROUNDS)
+    if rounds * _THREADS < vpr:
+        rounds = _cdiv(vpr, _THREADS)
+    rows = min(rounds * _THREADS // vpr, _MAX_ROWS)
+    group = 1
+    if rows < _THREADS:
+        while group * 2 <= _THREADS // rows and group < _THREADS:
+            group *= 2
+        while group > 1 and group // 2 >= vpr:
+            group //= 2
+    items = _cdiv(n_rows, rows)
+    return dict(vpr=vpr, rounds=_cdiv(rows * vpr, _THREADS), rows=rows, chunks=1, items=items,
+                blocks=min(items, _MAX_BLOCKS), G=group)
+
+
+def _cuda_roles(cost, item):
+    """{loop index: role} of the loops inside item loop ``item`` of fused_kernel (dbl_block.h's
+    run_kind), told apart by what they hold: element rounds loops issue MUFU (``element`` without
+    the weight tensor, ``element_w`` with its scalar loads), statistics loops load labels
+    (``LDG.E.64.CONSTANT``), the row tree reads shared memory (``tree_lanes``) and syncs
+    (``tree_halves``), the row constants of rows without in-block statistics issue MUFU with no
+    inner loop (``finish``)."""
+    loops, roles = cost.loops, {}
+    for i in loops[item].children:
+        lp, kids = loops[i], loops[i].children
+        if kids:
+            (k,) = kids
+            inner = loops[k]
+            if inner.own.mufu:
+                w = "_w" if inner.ops.get("LDG.E") else ""
+                roles[i], roles[k] = f"element_chunks{w}", f"element{w}"
+            elif any(op.startswith("LDG") for op in inner.ops):
+                roles[i], roles[k] = "stats_chunks", "stats_chunk_rounds"
+            else:
+                roles[i], roles[k] = "tree_g1_rows", "tree_g1_lanes"
+        elif lp.own.mufu:
+            roles[i] = "finish"
+        elif any(op.startswith("BAR") for op in lp.ops):
+            roles[i] = "tree_halves"
+        elif any(op.startswith("LDG") for op in lp.ops):
+            roles[i] = "stats_rounds"
+        else:
+            roles[i] = "tree_lanes"
+    return roles
+
+
+def cuda_model(stats):
+    """The model of a vector-path fused_kernel (dbl_block.h) for C columns and CUDA_N rows:
+    ``stats``: the path computes row statistics in the block (DB-focal, CB-focal). Trip counts per
+    warp from cuda_geometry: the item loop (items per block), inside it the statistics rounds,
+    the row tree (ceil(vpr / G) partials per lane, log2 G halving steps), the element rounds; the
+    last block's loop over the block partials (16 per trip unrolled, then one per trip). Where the
+    kernel holds two item loops (CB: a row max or a row sum, picked at run time), the costlier."""
+    def model(cost, n_cols):
+        g = cuda_geometry(CUDA_N, n_cols)
+        if g["chunks"] > 1 or g["G"] == 1:
+            return Estimate(problems=[f"C={n_cols}: chunked rows or G = 1 are not modelled: extend cuda_model"])
+        per_item = _cdiv(g["items"], g["blocks"])
+        partials = _cdiv(g["blocks"], _THREADS)
+        want = dict(element=g["rounds"], element_chunks=1, tree_lanes=_cdiv(g["vpr"], g["G"]) if stats else 0,
+                    tree_halves=g["G"].bit_length() - 1 if stats else 0, stats_rounds=g["rounds"] if stats else 0,
+                    finish=0 if stats else 1)
+        items = [i for i, lp in enumerate(cost.loops) if lp.parent is None and lp.children]
+        best = None
+        for item in items:
+            roles = _cuda_roles(cost, item)
+            if "element" not in roles.values():
+                continue
+            trips = []
+            for i, lp in enumerate(cost.loops):
+                if i == item:
+                    trips.append(per_item)
+                elif i in roles:
+                    trips.append(per_item * want.get(roles[i], 0))
+                elif lp.parent is None and not lp.children and lp.ops.get("LDG.E.64.STRONG.GPU"):
+                    unrolled = lp.ops["LDG.E.64.STRONG.GPU"] > 1  # the last block's sum of the partials
+                    trips.append(partials // 16 if unrolled else partials % 16)
+                else:
+                    trips.append(0)
+            est = walk(cost, trips, per_item * g["rows"] * n_cols / (_THREADS // 32),
+                       f"N={CUDA_N}: {g['rows']} rows x {g['rounds']} round(s) per item, G={g['G']}, "
+                       f"{per_item} item(s) per block")
+            if best is None or est.sass > best.sass:
+                best = est
+        return best or Estimate(problems=["no item loop with an element loop: update cuda_model"])
+    return model
+
+
+# The CUDA main paths: (name, C, parts), one part per kernel the path launches: (regex on the
+# demangled kernel name, model) or (regex, model, cold regex): a model maps (sass_cfg.Cost, C) to an
+# Estimate; blocks holding an opcode that the cold regex matches are off the main path where the
+# listing has another. Each path is one fixed specialisation fused_kernel<Z, 8, PathOpts<...>,
+# float> (uint8 and bool labels share it; the gradient is a template flag), launched once (no
+# statistics pass: no by_batch). Edit this table with csrc/dbl_block.h (DbFocal, CbFocal, Bce).
+_CUDA_Z = {"bf16": "bf16_t", "fp16": "f16_t", "fp32": "float"}
+_CUDA_PATHS = {"db-focal": "1, 1, 0, true, {g}, 100", "cb-focal": "0, 1, 0, false, {g}, -1",
+               "bce": "0, 0, 0, false, {g}, 0"}
+CUDA_MAIN = [
+    (f"{loss} {z} C={n_cols} grad{int(grad)}", n_cols,
+     ((rf"fused_kernel<(dbl::cuda::)?{sym}, 8, dbl::cuda::PathOpts<{opts.format(g=str(grad).lower())}>, float>\(",
+       cuda_model(loss != "bce")),))
+    for loss, opts in _CUDA_PATHS.items() for z, sym in _CUDA_Z.items() for n_cols in (80, 8192)
+    for grad in (True, False)
+]
