@@ -80,6 +80,7 @@ from kernel_models import (CUDA_MAIN, Estimate, _cdiv, _dead_tails, _tail_loads,
 # Per logits element on the main paths, enforced on BUDGET_ARCH (see the module docstring).
 BUDGET = dict(triton=36, cuda=48, mufu=5)
 BUDGET_ARCH = 90
+SM80_SPILL_OK = 8  # bytes of spill stores on other targets that are reported, not failed
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Row:
     model: str | None = None         # the trip-count model behind the figures
     over_budget: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # reported, not failed
 
 
 def cuobjdump():
@@ -205,7 +207,13 @@ def _fill(row, info, spill_bytes, wide_loads):
     row.widest_load = max(info["loads"], default=0)
     row.widest_store = max(info["stores"], default=0)
     if row.spill or row.local:
-        row.problems.append(f"spills: {row.spill} B spill stores, local {row.local} B")
+        text = f"spills: {row.spill} B spill stores, local {row.local} B"
+        # sm_90 (H100 / H200, the machines the budget and the targets are set on) must not spill;
+        # sm_80 may spill a few bytes (<= SM80_SPILL_OK), reported
+        if row.target != f"sm_{BUDGET_ARCH}" and not row.local and row.spill <= SM80_SPILL_OK:
+            row.notes.append(text)
+        else:
+            row.problems.append(text)
     if wide_loads and row.widest_load < 128:
         row.problems.append(f"main path reads logits {row.widest_load}-bit wide, not 128")
 
@@ -420,7 +428,7 @@ def _num(v):
 def status(r):
     if not r.ok:
         return "; ".join(r.problems) or "failed"
-    return "; ".join(r.problems + [f"over budget: {m}" for m in r.over_budget]) or "ok"
+    return "; ".join(r.problems + [f"over budget: {m}" for m in r.over_budget]) or "; ".join(["ok"] + r.notes)
 
 
 def render(rows):

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _sparse, backends, ops, reference
+from . import _rows, _sparse, backends, ops, reference
 from ._spec import REDUCTIONS, class_params, kernel_spec
 from .loss import StatsLike, _as_config, _as_stats
 
@@ -35,56 +35,6 @@ _REDUCTIONS = ("mean", "sum", "batchmean", "per_class")
 def default_chunk_size(num_rows: int, num_classes: int) -> int:
     chunk = CHUNK_BUDGET_BYTES // (_BYTES_PER_ELEMENT * max(num_rows, 1))
     return int(min(num_classes, max(256, chunk // 256 * 256)))
-
-
-class _Labels:
-    """The labels (dense N x C or CSR) seen one column chunk at a time, as dense compute-dtype tiles."""
-
-    def __init__(self, labels, dtype):
-        self.labels, self.dtype, self.csr = labels, dtype, _sparse.is_csr(labels)
-
-    def chunk(self, c0, c1):
-        if self.csr:
-            return _sparse.to_dense(_sparse.column_slice(self.labels, c0, c1), self.dtype)
-        return self.labels[:, c0:c1].to(self.dtype)
-
-
-def _row_terms(labels, chunks, class_freq, train_num, cfg):
-    """(stats, row_max, batch_max, known count) over all classes, from the labels alone."""
-    if labels.csr and cfg.weight_norm is None:  # straight from the stored entries: no dense tile
-        return _sparse_row_terms(labels, class_freq, cfg) + (None, None, _sparse.known_count(labels.labels))
-    max_mode = reference.row_statistic_is_max(cfg)
-    stats = None
-    if reference.needs_row_statistics(cfg):
-        total = count = None
-        for c0, c1 in chunks:
-            a, b = reference.row_statistics(labels.chunk(c0, c1), class_freq[c0:c1], cfg)
-            total = a if total is None else (torch.maximum(total, a) if max_mode else total + a)
-            count = b if count is None else count + b
-        stats = (total, count)
-    row_max = batch_max = None
-    if cfg.weight_norm is not None:
-        for c0, c1 in chunks:
-            w = reference.reweight(labels.chunk(c0, c1), class_freq[c0:c1], train_num, cfg, stats)
-            m = w.amax(dim=1, keepdim=True)
-            row_max = m if row_max is None else torch.maximum(row_max, m)
-        batch_max = row_max.amax() if row_max.numel() else None
-    known = sum(reference.known(labels.chunk(c0, c1)).sum() for c0, c1 in chunks)
-    return stats, row_max, batch_max, known
-
-
-def _sparse_row_terms(labels, class_freq, cfg):
-    """(stats,) of reference.row_statistics from CSR labels: each row's sum (or max) of the terms of
-    its stored positives, in stored order."""
-    if not reference.needs_row_statistics(cfg):
-        return (None,)
-    csr = labels.labels
-    positive = csr.values() == 1
-    terms = reference.row_statistic_terms(class_freq, cfg).to(labels.dtype)[csr.col_indices()]
-    zero = terms.new_zeros(())
-    total = _sparse.row_sums(csr, torch.where(positive, terms, zero),
-                             "max" if reference.row_statistic_is_max(cfg) else "sum")
-    return ((total, _sparse.row_sums(csr, positive.to(labels.dtype))),)
 
 
 def _chunk_loss(logits, labels, class_freq, train_num, cfg, rows):
@@ -106,9 +56,7 @@ class _FusedChunks:
         table = class_params(class_freq, train_num, cfg)  # numpy: built on the host, no device read
         self.op, self.spec = op, kernel_spec(table, cfg)
         self.params = torch.from_numpy(table).to(device=device, dtype=dtype)
-        stats, _, batch_max = rows
-        self.row_stats = None if stats is None else torch.cat([stats[0].t(), stats[1].t()]).to(dtype).contiguous()
-        inv_batch = 1.0 / batch_max if cfg.weight_norm == "by_batch" and batch_max is not None else None
+        self.row_stats, inv_batch = _rows.kernel_row_stats(rows, cfg, dtype)
         one = torch.ones((), dtype=dtype, device=device)
         # aux[0]: the reduction scale, applied by the op to the loss and the gradient (no extra pass)
         self.aux = torch.stack([torch.as_tensor(scale, dtype=dtype, device=device).reshape(()),
@@ -143,10 +91,10 @@ class _ChunkedLinearLoss(torch.autograd.Function):
         n_rows, num_classes = hidden.shape[0], weight.shape[0]
         chunks = [(c0, min(c0 + chunk_size, num_classes)) for c0 in range(0, num_classes, chunk_size)]
         dtype = reference.compute_dtype(hidden)  # the loss math; the matmuls follow autocast
-        labels = _Labels(labels, dtype)
+        labels = _rows.ChunkedLabels(labels, dtype)
         class_freq = torch.from_numpy(host_freq).to(device=hidden.device, dtype=torch.float64)
         sum_cfg = dataclasses.replace(cfg, reduction="per_class" if cfg.reduction == "per_class" else "sum")
-        *rows, known = _row_terms(labels, chunks, class_freq, train_num, cfg)
+        *rows, known = _rows.row_terms(labels, chunks, class_freq, train_num, cfg)
         if cfg.reduction == "mean":  # a device tensor: no host sync
             scale = 1.0 / torch.as_tensor(known, device=hidden.device).clamp(min=1).to(dtype)
         else:

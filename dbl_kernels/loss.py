@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad
 
-from . import _sparse, backends, ops, reference
+from . import _rows, _sparse, backends, ops, reference
 from ._labels import check_label_values
 from ._spec import (REDUCTION_MEAN_COUNTED, REDUCTIONS, aux_is_constant, class_params, counted_mean, kernel_spec,
                     make_aux)
@@ -189,7 +189,7 @@ class _FusedLoss(nn.Module):
                                     False if in_kernel else self.validate_labels)
         if backend == "reference":
             return self._reference_loss(logits, labels, cfg, weight, avg_factor)
-        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown, in_kernel)
+        return self._fused(backend, logits, labels, weight, avg_factor, cfg, has_unknown, in_kernel, features)
 
     def _signature(self, logits, labels):
         need_grad = logits.requires_grad and torch.is_grad_enabled()
@@ -222,11 +222,13 @@ class _FusedLoss(nn.Module):
         self._plans[self._signature(logits, labels)] = _Plan(self._state(), table, table._version, op, params, aux,
                                                             scalars)
 
-    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown, check_labels):
-        csr = None
+    def _fused(self, backend, logits, labels, weight, avg_factor, cfg, has_unknown, check_labels, features):
+        csr = row_stats = inv_batch = None
         if _sparse.is_csr(labels):
             if avg_factor is None and cfg.reduction == "mean" and backend != "cpu":
                 avg_factor = _sparse.known_count(labels)  # N * C - the stored -1s, on the device
+            if "csr_stats" not in features:  # the kernel reads no statistics from CSR: hand them down
+                row_stats, inv_batch = self._csr_row_stats(labels, reference.compute_dtype(logits), cfg)
             csr, labels = (labels.crow_indices(), labels.col_indices()), labels.values()
         reduction = REDUCTIONS[cfg.reduction]
         csr_mean = csr is not None and cfg.reduction == "mean" and avg_factor is None
@@ -239,12 +241,14 @@ class _FusedLoss(nn.Module):
         # every kernel finds the batch max itself (aux[1] is read only with row_stats)
         aux = make_aux(logits, labels, cfg, spec, class_freq, train_num, avg_factor, has_unknown, reduction, eager,
                        batch_max=False)
+        if inv_batch is not None:
+            aux = torch.stack([aux[0], inv_batch.to(aux.dtype).reshape(())])
         need_grad = torch.is_grad_enabled() and logits.requires_grad
         kernel_weight = None if weight is None else weight.detach().expand(logits.shape)  # strides: the ops' business
         params = self._params(reference.compute_dtype(logits), logits.device, eager, num_classes)
         op, scalars = self._op(backend, spec, reduction, need_grad, check_labels)
         crow, col = csr if csr is not None else (None, None)
-        tensors = (logits, labels, crow, col, kernel_weight, params, aux, None)
+        tensors = (logits, labels, crow, col, kernel_weight, params, aux, row_stats)
         # Calls whose arguments depend only on the input signature (no weight or avg_factor, dense
         # labels, a constant aux, labels checked in the op or not at all) are remembered.
         if (eager and weight is None and avg_factor is None and csr is None and cfg is self.config
@@ -257,6 +261,20 @@ class _FusedLoss(nn.Module):
             dense = labels if csr is None else torch.sparse_csr_tensor(crow, col, labels, size=logits.shape)
             reference_loss = (self._reference_loss, (dense, cfg, weight, avg_factor))
         return ops.call(op, tensors, scalars, reference_loss, eager)
+
+    def _csr_row_stats(self, labels, dtype, cfg):
+        """(row_stats, 1 / batch max or None) of CSR ``labels`` for a kernel that reads no statistics
+        from CSR: the row statistics from the stored entries; by_batch's maximum from dense column
+        chunks (never the whole N x C at once)."""
+        if not reference.needs_row_statistics(cfg):
+            return None, None
+        class_freq, train_num, _ = self._reference_inputs()
+        chunked = _rows.ChunkedLabels(labels, dtype)
+        if cfg.weight_norm == "by_batch":
+            rows = _rows.row_terms(chunked, _rows.column_chunks(labels.shape), class_freq, train_num, cfg)[:3]
+        else:
+            rows = _rows.sparse_row_terms(chunked, class_freq, cfg) + (None, None)
+        return _rows.kernel_row_stats(rows, cfg, dtype)
 
     def _reference_loss(self, logits, labels, cfg, weight, avg_factor):
         if _sparse.is_csr(labels):  # the reference may densify
@@ -310,8 +328,8 @@ def _warn_unsupported(backend, device_type, missing):
     _WARNED.add(key)
     what = ", ".join(_WHAT[m] for m in sorted(missing))
     warnings.warn(f"dbl_kernels: the {backend} kernel does not compute {what} on {device_type} tensors, so these "
-                  "calls run the pure-PyTorch reference (slower). The cpu and cuda kernels compute the asymmetric "
-                  "form and per_class, the cpu kernel CSR labels (README: Backends); pass backend='reference' to "
+                  "calls run the pure-PyTorch reference (slower). The cpu and triton kernels compute "
+                  "every one of them, the cuda kernel all but CSR labels (README: Backends); pass backend='reference' to "
                   "choose the reference explicitly.", UserWarning, stacklevel=3)
 
 

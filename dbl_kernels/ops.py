@@ -145,7 +145,9 @@ def call(op, tensors, scalars, reference_loss=None, eager=None):
 # per device type (None: every device), handed down by its backend (register).
 _DEVICE_SCALE = {}
 _FEATURES = {}
-ALL_FEATURES = frozenset({"asymmetric", "per_class", "csr", "row_stats", "check_labels"})
+# csr_stats: the op finds the row statistics of CSR labels itself (without it the loss hands them
+# down as row_stats, with by_batch's maximum in aux[1]).
+ALL_FEATURES = frozenset({"asymmetric", "per_class", "csr", "csr_stats", "row_stats", "check_labels"})
 
 
 def features(op, device_type=None) -> frozenset:

@@ -18,9 +18,10 @@ ROOT = PKG.parent
 LAYERS = [
     ["_tracing", "_labels", "_sparse"],
     ["reference", "stats"],
-    ["_spec"],
+    ["_spec", "_rows"],
     ["ops"],
     ["cpp_ops", "triton_kernel._math"],
+    ["triton_kernel._access"],
     ["triton_kernel.kernels"],
     ["triton_kernel.tuning"],
     ["triton_kernel.launcher"],

@@ -343,3 +343,63 @@ def _bce_focal_soft(x, pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexp
         else:
             d = sig - pos
     return loss, d
+
+
+@triton.jit
+def _ln(x):
+    """log(x) for x > 0, natural units (fp32: lg2 * ln 2)."""
+    if x.dtype == tl.float64:
+        return _log(x)
+    else:
+        return _fast_lg2(x) * _LN2
+
+
+@triton.jit
+def _asl_element(x, t, pw, gpos, gneg, clip, CLIP: tl.constexpr, FOCUS_GRAD: tl.constexpr,
+                 HAS_GRADIENTS: tl.constexpr):
+    """The asymmetric (ASL) element form, natural units (mirrors reference._asl_terms and
+    _asl_derivative, and csrc/dbl_asl.h): with p = sigmoid(x), q = 1 - p, p_m = max(p - clip, 0),
+    the loss is -A B^g with A = pw t log p + (1 - t) log(1 - p_m), B = t q + (1 - t) p_m and
+    g = gpos t + gneg (1 - t). Returns (loss, d loss / dx), the derivative finite for every g >= 0
+    (A / B -> -(pw t + 1 - t) where B == 0). CLIP: clip > 0 (then 1 - p_m = q + clip)."""
+    e = _exp_neg(tl.abs(x))
+    w1 = 1.0 + e
+    inv = _rcp(w1)
+    small = e * inv
+    xpos = x >= 0.0
+    p = tl.where(xpos, inv, small)
+    q = tl.where(xpos, small, inv)
+    s = p * q
+    sp = _log1p_unit(e)  # softplus(-|x|)
+    log_p = -(tl.where(xpos, 0.0, -x) + sp)
+    if CLIP:
+        shifted = p > clip
+        qc = q + clip
+        p_m = tl.where(shifted, p - clip, 0.0)
+        log_q = tl.where(shifted, _ln(qc), 0.0)
+        dlog_q = tl.where(shifted, -s * _rcp(qc), 0.0)
+        dp_m = tl.where(shifted, s, 0.0)
+    else:
+        p_m = p
+        log_q = -(tl.where(xpos, x, 0.0) + sp)
+        dlog_q = -p
+        dp_m = s
+    a = pw * t * log_p + (1.0 - t) * log_q
+    b = t * q + (1.0 - t) * p_m
+    g = gpos * t + gneg * (1.0 - t)
+    bpos = b > 0.0
+    bg = tl.where(g == 0.0, 1.0, tl.where(bpos, _pow(tl.where(bpos, b, 1.0), g), 0.0))
+    loss = -a * bg
+    if HAS_GRADIENTS:
+        d = pw * t * q + (1.0 - t) * dlog_q
+        if FOCUS_GRAD:
+            # B below the smallest normal number is at the limit (and 1 / B would overflow)
+            if b.dtype == tl.float64:
+                normal = b >= 2.2250738585072014e-308
+            else:
+                normal = b >= 1.1754943508222875e-38
+            ratio = tl.where(normal, a * _rcp(tl.where(normal, b, 1.0)), -(pw * t + (1.0 - t)))
+            d = d + g * ratio * ((1.0 - t) * dp_m - t * s)
+        return loss, -bg * d
+    else:
+        return loss, loss

@@ -12,7 +12,8 @@ import triton.language as tl
 
 from .._spec import (BIAS, CLASS_W, FREQ, INV_FREQ, NORM_BATCH, NORM_INSTANCE, REWEIGHT_CB_AVG_N,
                      REWEIGHT_CB_AVG_W, REWEIGHT_CB_MIN_N, REWEIGHT_CLASS, REWEIGHT_REBALANCE)
-from ._math import (INTERPRET, _LOG2E, _bce_focal_bits, _bce_focal_soft, _bf16_f32, _expm1, _label_add,
+from ._access import _col, _columns, _is_pos, _ld, _load_labels, _pick_add, _tile_labels
+from ._math import (INTERPRET, _LOG2E, _asl_element, _bce_focal_bits, _bce_focal_soft, _bf16_f32, _expm1,
                     _label_sigma, _label_sigma_w, _sigmoid_bits)
 
 # Kernel-visible constants (Triton only reads globals that are constexpr).
@@ -27,24 +28,30 @@ _ROW_INV = tl.constexpr(INV_FREQ)
 _ROW_CLASS_W = tl.constexpr(CLASS_W)
 _ROW_FREQ = tl.constexpr(FREQ)
 _ROW_BIAS = tl.constexpr(BIAS)
-# The launcher's kernel table (``launcher.kernel_table``): the 4 rows of class_params, a fifth,
-# -map_beta * S / n_j (the rebalance sigmoid's per-class slope: one FMA before its ex2), then the
-# scalar options (OPTIONS, host float64 values) for fp64 kernels.
+# The launcher's kernel table (``launcher.kernel_table``): the first 4 rows of class_params, a fifth,
+# -map_beta * S / n_j (the rebalance sigmoid's per-class slope: one FMA before its ex2), a sixth,
+# ASL's POS_W, then the scalar options (OPTIONS, host float64 values) for fp64 kernels.
 ROW_REB_SLOPE = 4
-TABLE_ROWS = 5
+ROW_POS_W = 5
+TABLE_ROWS = 6
 _ROW_REB_SLOPE = tl.constexpr(ROW_REB_SLOPE)
+_ROW_POS_W = tl.constexpr(ROW_POS_W)
 _TABLE_ROWS = tl.constexpr(TABLE_ROWS)
 # The scalar options, derived on the host in float64 (S: see _math): map_alpha, map_beta *
 # map_gamma * S, -map_beta * S * w_max, w_max, lambda * S, 1 / lambda, gamma, gamma / S, scale / S,
-# log(cb_beta).
+# log(cb_beta), and the asymmetric form's gamma_neg, clip and target map t = y+ keep + shift.
 OPTIONS = ("alpha", "reb_c", "reb_slope_max", "w_max", "sig_neg", "inv_neg", "gamma", "gamma_s", "coef_s",
-           "cb_log_beta")
+           "cb_log_beta", "gamma_neg", "clip", "keep", "shift")
+# ASYM (a constexpr): 0 the DB form; else ASYM_ON plus ASYM_CLIP (clip > 0) and ASYM_FOCUS_GRAD.
+ASYM_ON, ASYM_CLIP, ASYM_FOCUS_GRAD = 1, 2, 4
 _INTERPRETED = tl.constexpr(INTERPRET)
 
 # STATS: where the row statistics come from.
-STATS_NONE, STATS_INLINE, STATS_BUFFER = 0, 1, 2
+# STATS_GIVEN: contract v2's ``row_stats`` (2 x N), and by_batch's 1 / max in aux[1].
+STATS_NONE, STATS_INLINE, STATS_BUFFER, STATS_GIVEN = 0, 1, 2, 3
 _STATS_INLINE = tl.constexpr(STATS_INLINE)
 _STATS_BUFFER = tl.constexpr(STATS_BUFFER)
+_STATS_GIVEN = tl.constexpr(STATS_GIVEN)
 # The reweight modes whose weights need row statistics.
 STATS_MODES = (REWEIGHT_REBALANCE, REWEIGHT_CB_AVG_W, REWEIGHT_CB_AVG_N, REWEIGHT_CB_MIN_N)
 # The column loop's statistics run over tiles this many loss tiles wide (half the loop overhead),
@@ -74,88 +81,20 @@ def _f32(x):
 
 
 @triton.jit
-def _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta):
+def _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta,
+             gamma_neg, clip, keep, shift):
     """The scalar options (OPTIONS) in the compute dtype. fp32 kernels take their fp32 arguments,
     which instructions read straight from the constant bank (no register held through the row
     loop); fp64 kernels read the float64 values at the end of the class table."""
     if cp_ptr.dtype.element_ty == tl.float64:
         o = cp_ptr + _TABLE_ROWS * C
         return (tl.load(o), tl.load(o + 1), tl.load(o + 2), tl.load(o + 3), tl.load(o + 4), tl.load(o + 5),
-                tl.load(o + 6), tl.load(o + 7), tl.load(o + 8), tl.load(o + 9))
+                tl.load(o + 6), tl.load(o + 7), tl.load(o + 8), tl.load(o + 9), tl.load(o + 10), tl.load(o + 11),
+                tl.load(o + 12), tl.load(o + 13))
     else:
         return (_f32(alpha), _f32(reb_c), _f32(reb_slope_max), _f32(w_max), _f32(sig_neg), _f32(inv_neg),
-                _f32(gamma), _f32(gamma_s), _f32(coef_s), _f32(cb_log_beta))
-
-
-@triton.jit
-def _ld(ptrs, mask):
-    """tl.load, unmasked when ``mask`` is None (no zero-fill of the registers first)."""
-    if mask is None:
-        return tl.load(ptrs)
-    else:
-        return tl.load(ptrs, mask=mask, other=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels. Integer labels are exactly 1 / 0 / -1 (validated by the loss), so they stay integers:
-# "positive" and "known" are compares, never a float conversion. Float labels may be soft.
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def _load_labels(ptrs, mask, CDT: tl.constexpr, HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr):
-    """(y+, known): for bool / uint8 labels y+ is the label byte itself (positive iff != 0; the
-    ``_label_*`` helpers test it), for signed ones a bool tile; for float labels max(y, 0).
-    known = y != -1 where the labels may hold -1."""
-    raw = _ld(ptrs, mask)
-    if HARD_LABELS:
-        if HAS_UNKNOWN:  # signed integers
-            return raw > 0, raw >= 0
-        else:
-            return raw, raw == raw
-    else:
-        y = raw.to(CDT)
-        return tl.maximum(y, 0.0), y != -1.0
-
-
-@triton.jit
-def _is_pos(pos, HAS_UNKNOWN: tl.constexpr):
-    """The bool tile of hard labels (``pos`` from _load_labels)."""
-    if HAS_UNKNOWN:
-        return pos
-    else:
-        return pos != 0
-
-
-@triton.jit
-def _pick_add(acc, pos, value, HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr):
-    """acc + y+ * value (value broadcast over rows)."""
-    if HARD_LABELS:
-        if HAS_UNKNOWN:
-            return acc + tl.where(pos, value, 0.0)
-        else:
-            return _label_add(acc, pos, value)
-    else:
-        return acc + pos * value
-
-
-@triton.jit
-def _columns(c0, BLOCK_C: tl.constexpr, VEC: tl.constexpr):
-    """[1, BLOCK_C] column indices from c0, contiguous in runs of VEC only as far as the compiler
-    knows: every access of the tile then takes the layout of VEC consecutive columns per thread
-    (one 128-bit load of logits), with no shared-memory layout conversions between labels,
-    logits, class table and gradient."""
-    return c0 + tl.max_contiguous(tl.arange(0, BLOCK_C), VEC if VEC < BLOCK_C else BLOCK_C)[None, :]
-
-
-@triton.jit
-def _col(cp_ptr, ROW: tl.constexpr, C, cols, cmask, MASK_C: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One class-table row at ``cols``, loaded as the whole [BLOCK_N, BLOCK_C] tile (each thread
-    reads its own columns): a [1, BLOCK_C] load would get a layout of its own and a shared-memory
-    conversion into the tile's on every use."""
-    ptrs = tl.broadcast_to(cp_ptr + ROW * C + cols, (BLOCK_N, cols.shape[1]))
-    if MASK_C:
-        return tl.load(ptrs, mask=tl.broadcast_to(cmask, (BLOCK_N, cols.shape[1])), other=0.0)
-    else:
-        return tl.load(ptrs)
+                _f32(gamma), _f32(gamma_s), _f32(coef_s), _f32(cb_log_beta), _f32(gamma_neg), _f32(clip),
+                _f32(keep), _f32(shift))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +233,13 @@ def _key_float(key, CDT: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # One tile: loss (accumulated per lane) and gradient (stored). Grouped arguments:
 #   P = (z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, C, stride_z, stride_wn,
-#        stride_wc): where; rows64 clamped into [0, N) (loads need no row mask), rmask for stores
+#        stride_wc, csr): where; rows64 clamped into [0, N) (loads need no row mask), rmask for
+#        stores; csr = (crow_ptr, col_ptr, rows64) of CSR labels
 #   R = (row, has_pos, rw, wa, wb): per-row weight terms, already over S, zero on rows past N
-#   S = (reb_c, sig_neg, inv_neg, gamma, gamma_s): scalar options in the compute dtype
-#   F = (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN):
-#       the constexpr flags (the compute dtype is the class table's)
+#   S = (reb_c, sig_neg, inv_neg, gamma, gamma_s, gamma_neg, clip, keep, shift): scalar options in
+#       the compute dtype
+#   F = (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN, ASYM,
+#       CSR): the constexpr flags (the compute dtype is the class table's)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
@@ -306,9 +247,9 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
     (y+, known) from _load_labels, or None to load them. The element's weight over S: sigmoid * wa
     + wb (rebalance), ``rw`` where the row has a positive else cb_j * wa (CB row modes), cb_j * wa
     (class vector) or wa."""
-    z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, C, stride_z, stride_wn, stride_wc = P
+    z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask, C, stride_z, stride_wn, stride_wc, csr = P
     row, has_pos, rw, wa, wb = R
-    reb_c, sig_neg, inv_neg, gamma, gamma_s = S
+    reb_c, sig_neg, inv_neg, gamma, gamma_s, gamma_neg, clip, keep, shift = S
     # (indexing keeps the flags constexpr where unpacking would not; F is passed inline for the same reason)
     REWEIGHT: tl.constexpr = F[0]
     LOGIT_REG: tl.constexpr = F[1]
@@ -318,6 +259,8 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
     HAS_WEIGHT: tl.constexpr = F[5]
     HARD_LABELS: tl.constexpr = F[6]
     HAS_UNKNOWN: tl.constexpr = F[7]
+    ASYM: tl.constexpr = F[8]
+    CSR: tl.constexpr = F[9]
     CDT: tl.constexpr = cp_ptr.dtype.element_ty
     BLOCK_N: tl.constexpr = rows64.shape[0]
     cmask = cols < c_end
@@ -328,7 +271,7 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
         lmask = None
         mask = rmask
     if lab is None:
-        pos, known = _load_labels(y_rows + cols, lmask, CDT, HARD_LABELS, HAS_UNKNOWN)
+        pos, known = _tile_labels(y_rows, cols, lmask, csr, CDT, HARD_LABELS, HAS_UNKNOWN, CSR)
     else:
         pos, known = lab
     z = _ld(z_ptr + rows64 * stride_z + cols, lmask)
@@ -350,7 +293,22 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
         w = w * wt.to(CDT)
     if LOGIT_REG:
         z = z + _col(cp_ptr, _ROW_BIAS, C, cols, cmask, MASK_C, BLOCK_N)
-    if HARD_LABELS:
+    if ASYM > 0:
+        # natural units; NTR from y+ (soft allowed), ASL's target from the smoothed y+
+        unit = _LOG2E if CDT == tl.float32 else 1.0
+        yp = _is_pos(pos, HAS_UNKNOWN).to(CDT) if HARD_LABELS else pos
+        w = w * unit
+        if LOGIT_REG:
+            sc = yp + (1.0 - yp) * (sig_neg / unit)
+            w = w * (yp + (1.0 - yp) * inv_neg)
+            z = z * sc
+        loss, d = _asl_element(z, yp * keep + shift, _col(cp_ptr, _ROW_POS_W, C, cols, cmask, MASK_C, BLOCK_N),
+                               gamma, gamma_neg, clip, ASYM % 4 >= 2, ASYM >= 4, HAS_GRADIENTS)  # ASYM_CLIP, _FOCUS_GRAD
+        loss = w * loss
+        g = w * d
+        if LOGIT_REG:
+            g = g * sc
+    elif HARD_LABELS:
         # xs = S x pushed the wrong way: -S x on positives, S lambda x on negatives (NTR scales the
         # negatives' logits by lambda and their weight by 1 / lambda); d/dz = -w dl/dx on
         # positives, w dl/dx on negatives: (w / S) times the same factor as xs.
@@ -415,13 +373,15 @@ def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.c
 
 
 @triton.jit
-def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, part_ptr, sync_ptr, out_ptr, grad_ptr,
-                  N, C, stride_z, stride_y, stride_wn, stride_wc, chunk, stats_split,
+def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, part_ptr, sync_ptr,
+                  out_ptr, grad_ptr, N, C, stride_z, stride_y, stride_wn, stride_wc, chunk, stats_split,
                   alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta,
+                  gamma_neg, clip, keep, shift,
                   REWEIGHT: tl.constexpr, NORM: tl.constexpr, LOGIT_REG: tl.constexpr, POW: tl.constexpr,
                   REDUCE_NONE: tl.constexpr, HAS_GRADIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                  HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr, STATS: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_TILE: tl.constexpr, C_TILES: tl.constexpr):
+                  HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr, STATS: tl.constexpr, ASYM: tl.constexpr,
+                  CSR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_TILE: tl.constexpr,
+                  C_TILES: tl.constexpr):
     """Row tiles pid0, pid0 + grid0, ... of BLOCK_N rows x columns [pid1 * chunk, +chunk): loss and
     gradient.
 
@@ -430,8 +390,10 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     aux[0]) in ``part_ptr``, then takes a ticket; the last one adds the partials in index order,
     writes the loss and resets the counter for the next call (deterministic, no float atomics).
     ``stats_ptr``: row statistics from ``_stats_kernel`` (STATS_BUFFER: [A | B] x stats_split x N);
-    ``bmax_ptr``: its batch-max weight key (by_batch). ONE_TILE: the whole row is one tile
-    (BLOCK_C >= C), whose labels serve the statistics too.
+    ``bmax_ptr``: its batch-max weight key (by_batch); STATS_GIVEN: ``row_stats`` (A | B) x N, and
+    aux[1] = 1 / the batch max. ONE_TILE: the whole row is one tile (BLOCK_C >= C), whose labels
+    serve the statistics too. CSR: ``y_ptr`` holds the stored values (stride_y 0), with
+    ``crow_ptr`` / ``col_ptr``; ASYM: the asymmetric element form (ASYM_*).
     """
     CDT = cp_ptr.dtype.element_ty
     if y_ptr.dtype.element_ty == tl.int1:  # bool labels as their bytes
@@ -441,10 +403,12 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
     pid_s = tl.program_id(1)
     n_prog_r = tl.num_programs(0)
     o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
-                 cb_log_beta)
+                 cb_log_beta, gamma_neg, clip, keep, shift)
     coef = o[8] * tl.load(aux_ptr)  # the reduction scale and 1/S ride on every weight
     if NORM == _NORM_BATCH:
-        if STATS == _STATS_BUFFER:
+        if STATS == _STATS_GIVEN:
+            coef = coef * tl.load(aux_ptr + 1)
+        elif STATS == _STATS_BUFFER:
             coef = coef / _key_float(tl.load(bmax_ptr), CDT)
         else:  # the class vector's or the unit weight's max: known on the host
             coef = coef / _row_max_weight(coef, coef > 0, o[0], o[1], o[2], o[3], REWEIGHT)
@@ -460,11 +424,12 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
         rmask1 = rows < N
         rows64 = tl.minimum(rows, N - 1).to(tl.int64)[:, None]  # rows past N re-read row N - 1
         y_rows = y_ptr + rows64 * stride_y
+        csr = (crow_ptr, col_ptr, rows64)
         P = (z_ptr, y_rows, wt_ptr, cp_ptr, out_ptr, grad_ptr, rows64, rmask1[:, None], C, stride_z, stride_wn,
-             stride_wc)
+             stride_wc, csr)
         if ONE_TILE:
             cols = _columns(0, BLOCK_C, VEC)
-            lab = _load_labels(y_rows + cols, cols < C, CDT, HARD_LABELS, HAS_UNKNOWN)
+            lab = _tile_labels(y_rows, cols, cols < C, csr, CDT, HARD_LABELS, HAS_UNKNOWN, CSR)
         if STATS == _STATS_INLINE:
             if ONE_TILE:
                 A = tl.zeros([BLOCK_N, BLOCK_C], dtype=CDT)
@@ -478,7 +443,7 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
                 SW: tl.constexpr = 2 * BLOCK_C if REWEIGHT == _REBALANCE or REWEIGHT == _CB_MIN_N else BLOCK_C
                 A, B = _stats_pass(y_rows, cp_ptr, C, 0, C, CDT, REWEIGHT, HARD_LABELS, HAS_UNKNOWN, BLOCK_N, SW,
                                    0, 16)
-        elif STATS == _STATS_BUFFER:  # partial statistics of the column chunks, added in chunk order
+        elif STATS == _STATS_BUFFER or STATS == _STATS_GIVEN:  # partials of the column chunks, in chunk order
             A = tl.zeros([BLOCK_N], dtype=CDT)
             B = tl.zeros([BLOCK_N], dtype=CDT)
             for s in range(0, stats_split):
@@ -496,7 +461,7 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
         # the options again inside the loop: fp64 reloads them per row tile instead of holding 20
         # registers through it (fp32: the same kernel arguments, no instruction)
         o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
-                     cb_log_beta)
+                     cb_log_beta, gamma_neg, clip, keep, shift)
         row, has_pos = _row_value(A, B, o[9], REWEIGHT)
         if NORM == _NORM_INSTANCE:
             wa = coef / _row_max_weight(row, has_pos, o[0], o[1], o[2], o[3], REWEIGHT)
@@ -505,13 +470,15 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
         wa = tl.where(rmask1, wa, 0.0)  # rows past N weigh nothing: no mask on their losses
         wb = wa * o[0] if REWEIGHT == _REBALANCE else wa
         R = (row[:, None], has_pos[:, None], (row * wa)[:, None], wa[:, None], wb[:, None])
+        S = (o[1], o[4], o[5], o[6], o[7], o[10], o[11], o[12], o[13])
         if ONE_TILE:
-            acc = _tile(acc, lab, cols, C, True, P, R, (o[1], o[4], o[5], o[6], o[7]),
-                        (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN))
+            acc = _tile(acc, lab, cols, C, True, P, R, S,
+                        (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN,
+                         ASYM, CSR))
         else:
-            acc = _main_pass(acc, c_begin, c_end, P, R, (o[1], o[4], o[5], o[6], o[7]),
+            acc = _main_pass(acc, c_begin, c_end, P, R, S,
                              (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS,
-                              HAS_UNKNOWN), BLOCK_C, VEC, C_TILES)
+                              HAS_UNKNOWN, ASYM, CSR), BLOCK_C, VEC, C_TILES)
         if not REDUCE_NONE:  # each thread adds its own VEC lanes: no data leaves the thread
             acc_rows += tl.sum(tl.reshape(acc, [BLOCK_N, BLOCK_C // VA, VA]), axis=2)
     if not REDUCE_NONE:
@@ -531,6 +498,7 @@ def _fused_kernel(z_ptr, y_ptr, wt_ptr, cp_ptr, aux_ptr, stats_ptr, bmax_ptr, pa
 @triton.jit
 def _stats_kernel(y_ptr, cp_ptr, stats_ptr, bmax_ptr, N, C, stride_y, chunk,
                   alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s, cb_log_beta,
+                  gamma_neg, clip, keep, shift,
                   REWEIGHT: tl.constexpr, BATCH_MAX: tl.constexpr, HARD_LABELS: tl.constexpr,
                   HAS_UNKNOWN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """Row statistics of BLOCK_N rows over one column chunk: stats[0 | 1, chunk, row]. BATCH_MAX
@@ -554,7 +522,7 @@ def _stats_kernel(y_ptr, cp_ptr, stats_ptr, bmax_ptr, N, C, stride_y, chunk,
         tl.store(stats_ptr + (n_split + pid_s) * N + rows, B, mask=rmask1)
         if BATCH_MAX:
             o = _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, gamma, gamma_s, coef_s,
-                         cb_log_beta)
+                         cb_log_beta, gamma_neg, clip, keep, shift)
             row, has_pos = _row_value(A, B, o[9], REWEIGHT)
             m = _row_max_weight(row, has_pos, o[0], o[1], o[2], o[3], REWEIGHT)
             best = tl.maximum(best, tl.where(rmask1, m, float("-inf")))

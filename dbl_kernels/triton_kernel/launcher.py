@@ -17,15 +17,15 @@ import triton
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
-from .._spec import (INV_FREQ, MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_LOGIT_REG, MODE_NORM,
-                     MODE_REDUCTION, MODE_REWEIGHT, NORM_BATCH, REDUCTION_MEAN, REDUCTION_NONE, REDUCTION_SUM,
-                     SCALARS)
+from .._spec import (INV_FREQ, MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_FOCUS_GRAD, MODE_LOGIT_REG,
+                     MODE_NORM, MODE_REDUCTION, MODE_REWEIGHT, NORM_BATCH, POS_W, REDUCTION_MEAN, REDUCTION_NONE,
+                     REDUCTION_PER_CLASS, REDUCTION_SUM, SCALARS)
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
 from ._math import INTERPRET, POW_ANY, POW_NONE, POW_ONE, POW_TWO, unit_scale
-from .kernels import (KEY_MIN, OPTIONS, ROW_REB_SLOPE, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS,
-                      _fused_kernel, _scale_kernel, _stats_kernel)
+from .kernels import (ASYM_CLIP, ASYM_FOCUS_GRAD, ASYM_ON, KEY_MIN, OPTIONS, ROW_REB_SLOPE, STATS_BUFFER, STATS_GIVEN,
+                      STATS_INLINE, STATS_MODES, STATS_NONE, SYNC_SLOTS, _fused_kernel, _scale_kernel, _stats_kernel)
 
 
 def usable():
@@ -189,11 +189,13 @@ def autotuned_meta(configs, key, grid, args, eager):
 _TABLES = WeakIdKeyDictionary()
 
 
-def options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max):
+def options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max, gamma_neg=0.0,
+            clip=0.0, smoothing=0.0):
     """The kernels' scalar options (kernels.OPTIONS), derived in float64."""
     unit = unit_scale(dtype)
     return (map_alpha, map_beta * map_gamma * unit, -map_beta * unit * w_max, w_max, neg_scale * unit,
-            1.0 / neg_scale, gamma, gamma / unit, scale / unit, cb_log_beta)
+            1.0 / neg_scale, gamma, gamma / unit, scale / unit, cb_log_beta, gamma_neg, clip, 1.0 - smoothing,
+            0.5 * smoothing)
 
 
 def kernel_table(class_params, opts, map_beta, cached):
@@ -209,7 +211,7 @@ def kernel_table(class_params, opts, map_beta, cached):
     tail = torch.empty((len(opts),), dtype=class_params.dtype, device=class_params.device)
     for k, value in enumerate(opts):  # fills, not a host-to-device copy: capturable
         tail[k] = value
-    table = torch.cat([class_params[:ROW_REB_SLOPE].reshape(-1), slope, tail])
+    table = torch.cat([class_params[:ROW_REB_SLOPE].reshape(-1), slope, class_params[POS_W], tail])
     if cache and cached:
         _TABLES[class_params] = ((class_params._version, opts), table)
     return table
@@ -272,10 +274,18 @@ def _fixed_warps(meta, dtype):
 def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor], class_params: torch.Tensor,
            aux: torch.Tensor, reweight_mode: int, weight_norm: int, logit_reg: bool, focal: bool, reduction: int,
            map_alpha: float, map_beta: float, map_gamma: float, cb_log_beta: float, neg_scale: float, gamma: float,
-           scale: float, w_max: float, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if reduction not in (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN):
-        raise ValueError(f"dbl::fused_triton: reduction must be 0, 1 or 2 (3, a mean counted by the op, is "
+           scale: float, w_max: float, need_grad: bool, csr=None, row_stats=None, asym=0, gamma_neg=0.0, clip=0.0,
+           smoothing=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launch. ``csr``: (crow_indices, col_indices) of CSR labels (``labels``: their values);
+    ``row_stats``: contract v2's; ``asym``: the kernels' ASYM flags."""
+    if reduction not in (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN, REDUCTION_PER_CLASS):
+        raise ValueError(f"dbl::fused_triton: reduction must be 0, 1, 2 or 4 (3, a mean counted by the op, is "
                          f"the CPU op's), got {reduction}")
+    if reduction == REDUCTION_PER_CLASS:  # the column sums of the element losses, in row order
+        loss, grad = _fused(logits, labels, weight, class_params, aux, reweight_mode, weight_norm, logit_reg, focal,
+                            REDUCTION_NONE, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale,
+                            w_max, need_grad, csr, row_stats, asym, gamma_neg, clip, smoothing)
+        return loss.sum(dim=0), grad
     n_rows, n_cols = logits.shape
     dtype = compute_dtype(logits)
     device = logits.device
@@ -290,8 +300,14 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         return aux[0] * 0, grad  # a sum of nothing (the mean's scale is finite: at most 1)
     if n_cols > 1 and logits.stride(1) != 1:
         logits = logits.contiguous()
-    if n_cols > 1 and labels.stride(1) != 1:
+    if csr is not None:
+        crow, col, stride_y = csr[0].contiguous(), csr[1].contiguous(), 0
         labels = labels.contiguous()
+    else:
+        if n_cols > 1 and labels.stride(1) != 1:
+            labels = labels.contiguous()
+        crow = col = labels
+        stride_y = labels.stride(0)
     if weight is None:
         wt, stride_wn, stride_wc = class_params, 0, 0
     else:
@@ -299,11 +315,15 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stride_wn, stride_wc = wt.stride()
     hard, has_unknown = labels_kind(labels.dtype)
     needs_stats = reweight_mode in STATS_MODES
-    by_batch = weight_norm == NORM_BATCH and needs_stats
-    opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max)
+    if needs_stats and csr is not None and row_stats is None:
+        raise ValueError("dbl::fused_triton: CSR labels with a row-dependent re-weighting need row_stats (2 x N)")
+    given = needs_stats and row_stats is not None
+    by_batch = weight_norm == NORM_BATCH and needs_stats and not given
+    opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max, gamma_neg,
+                   clip, smoothing)
     table = kernel_table(class_params, opts, map_beta, cached)
     configs, meta, wide = _plan(n_rows, n_cols, logits.dtype, need_grad,
-                                tuning.light(labels.dtype, weight is not None))
+                                tuning.light(labels.dtype, weight is not None, reweight_mode))
     tiles = tuning.tiles
     split, chunk = 1, n_cols
     if wide:  # too few row tiles to fill the GPU: split the columns too
@@ -314,22 +334,27 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         chunk = -(-chunk // tiles.chunk_align) * tiles.chunk_align
         split = -(-n_cols // chunk)
     stats_mode = STATS_NONE
-    if needs_stats:
+    if given:
+        stats_mode = STATS_GIVEN
+    elif needs_stats:
         stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
-                  HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode)
+                  HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode,
+                  ASYM=asym, CSR=csr is not None)
     ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), cached)
     out = (torch.empty((n_rows, n_cols), dtype=dtype, device=device) if reduce_none
            else torch.empty((), dtype=dtype, device=device))
     stats, bmax, stats_split = ws.partials, ws.sync, split
-    if stats_mode == STATS_BUFFER:
+    if given:
+        stats, stats_split = row_stats.to(dtype).contiguous(), 1
+    elif stats_mode == STATS_BUFFER:
         stats_split = 1 if by_batch else split
         stats, bmax = _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, stats_split,
                                  chunk if stats_split > 1 else n_cols, dtype, eager, opts)
-    args = dict(z_ptr=logits, y_ptr=labels, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
+    args = dict(z_ptr=logits, y_ptr=labels, crow_ptr=crow, col_ptr=col, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
                 part_ptr=ws.partials, sync_ptr=ws.sync, out_ptr=out, grad_ptr=grad, N=n_rows, C=n_cols,
-                stride_z=logits.stride(0), stride_y=labels.stride(0), stride_wn=stride_wn, stride_wc=stride_wc,
+                stride_z=logits.stride(0), stride_y=stride_y, stride_wn=stride_wn, stride_wc=stride_wc,
                 chunk=chunk, stats_split=stats_split, **dict(zip(OPTIONS, opts)), **consts)
 
     def grid(meta):
@@ -391,26 +416,28 @@ def _fused_v2(logits: torch.Tensor, labels: torch.Tensor, crow_indices: Optional
               col_indices: Optional[torch.Tensor], weight: Optional[torch.Tensor], class_params: torch.Tensor,
               aux: torch.Tensor, row_stats: Optional[torch.Tensor], modes: list[int], scalars: list[float],
               need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The op of kernel contract v2 (_spec.py): unpacks modes and scalars for the launcher, which
-    implements none of the optional features (loss._fused_supports sends those calls elsewhere)."""
-    if crow_indices is not None or col_indices is not None:
-        raise ValueError("dbl::fused_triton: CSR labels are not implemented; pass dense labels")
-    if row_stats is not None:
-        raise ValueError("dbl::fused_triton: row_stats are not implemented; pass row_stats=None")
-    if modes[MODE_CHECK_LABELS] or modes[MODE_ASYMMETRIC]:
-        raise ValueError("dbl::fused_triton: check_labels and the asymmetric form are not implemented "
-                         "(modes[5] and modes[6] must be 0)")
-    if modes[MODE_REDUCTION] not in (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_MEAN):
-        raise ValueError(f"dbl::fused_triton: reduction must be 0, 1 or 2 (3, a mean counted by the op, is "
-                         f"the CPU op's; 4, per_class, is not implemented), got {modes[MODE_REDUCTION]}")
+    """The op of kernel contract v2 (_spec.py): unpacks modes and scalars for the launcher. CSR
+    labels with a row-dependent re-weighting need ``row_stats`` (the kernel reads no statistics
+    from CSR; the loss hands them down); the label check is the CPU op's."""
+    if (crow_indices is None) != (col_indices is None):
+        raise ValueError("dbl::fused_triton: pass both crow_indices and col_indices (CSR labels) or neither")
+    if modes[MODE_CHECK_LABELS]:
+        raise ValueError("dbl::fused_triton: check_labels is not implemented (modes[5] must be 0)")
     s = [scalars[_SCALAR[name]] for name in ("map_alpha", "map_beta", "map_gamma", "cb_log_beta", "neg_scale",
                                              "gamma", "scale", "w_max")]
+    asym = 0
+    if modes[MODE_ASYMMETRIC]:
+        asym = (ASYM_ON | (ASYM_CLIP if scalars[_SCALAR["clip"]] > 0 else 0)
+                | (ASYM_FOCUS_GRAD if modes[MODE_FOCUS_GRAD] else 0))
+    csr = None if crow_indices is None else (crow_indices, col_indices)
     return _fused(logits, labels, weight, class_params, aux, modes[MODE_REWEIGHT], modes[MODE_NORM],
-                  bool(modes[MODE_LOGIT_REG]), bool(modes[MODE_FOCAL]), modes[MODE_REDUCTION], *s, need_grad)
+                  bool(modes[MODE_LOGIT_REG]), bool(modes[MODE_FOCAL]), modes[MODE_REDUCTION], *s, need_grad, csr,
+                  row_stats, asym, scalars[_SCALAR["gamma_neg"]], scalars[_SCALAR["clip"]],
+                  scalars[_SCALAR["smoothing"]])
 
 
 if _wrap is not None:
     fused = torch.library.triton_op("dbl::fused_triton", _fused_v2, mutates_args=())
 else:
     fused = torch.library.custom_op("dbl::fused_triton", _fused_v2, mutates_args=())
-ops.register(fused, device_scale=scale_grad, features=frozenset())
+ops.register(fused, device_scale=scale_grad, features=frozenset({"asymmetric", "per_class", "csr", "row_stats"}))

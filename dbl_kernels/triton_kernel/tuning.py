@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import triton
 
+from .._spec import REWEIGHT_CB_AVG_N, REWEIGHT_CB_AVG_W
 from ._math import INTERPRET
 from .kernels import _fused_kernel
 
@@ -37,8 +38,9 @@ _KEY = ["C", "REWEIGHT", "NORM", "LOGIT_REG", "POW", "REDUCE_NONE", "HAS_GRADIEN
 
 
 def per_thread(dtype):
-    """Elements per thread the tiles may give without spilling (fp64 math takes ~4x the registers)."""
-    return 4 if dtype == torch.float64 else 16
+    """Elements per thread the tiles may give without spilling (fp64 math takes ~4x the registers:
+    4 spilled up to 44 B with a weight tensor)."""
+    return 2 if dtype == torch.float64 else 16
 
 
 def max_warps(dtype):
@@ -71,19 +73,24 @@ def column_tiles(n_cols, widest):
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
 
-def light(labels_dtype, has_weight):
-    """Whether an element's state is small enough for 16 elements per thread without spilling:
-    bool / uint8 labels (tested as bytes) and no weight tensor; else 8."""
-    return labels_dtype in (torch.bool, torch.uint8) and not has_weight
+def light(labels_dtype, has_weight, reweight):
+    """The most elements per thread an element's state allows without spilling: 16 for bool / uint8
+    labels (tested as bytes) and a re-weighting that keeps one statistics accumulator (CB
+    average_w / average_n keep two: sum and count), 8 for other labels, 4 with a weight tensor
+    (8 spilled 16 B on sm_90)."""
+    if has_weight:
+        return 4
+    return 16 if labels_dtype in (torch.bool, torch.uint8) and reweight not in (REWEIGHT_CB_AVG_W,
+                                                                               REWEIGHT_CB_AVG_N) else 8
 
 
-def row_configs(n_cols, dtype, unroll=True, light=True):
+def row_configs(n_cols, dtype, unroll=True, light=16):
     """[(constexprs, num_warps)] of the narrow-row regime (C <= ONE_TILE_MAX_C) for logits of
     ``dtype``. Column tiles at most one warp wide (32 * VEC columns), so the row statistics reduce
     within warps. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
     gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
-    the loss-only kernels loop. ``light``: see light()."""
-    pt, most = min(per_thread(dtype), 16 if light else 8), max_warps(dtype)
+    the loss-only kernels loop. ``light``: the cap of light()."""
+    pt, most = min(per_thread(dtype), light), max_warps(dtype)
     configs = {}
     for b in column_tiles(n_cols, 32 * vec(dtype))[-1:]:  # the widest: fewest passes over a row
         for t, w in _ROW_TILES:
@@ -106,16 +113,16 @@ def c_tiles(n_cols, block_c):
     return k if rem == 0 and 1 < k <= MAX_UNROLL and n_cols <= MAX_UNROLL_C else 0
 
 
-def loop_configs(dtype, light=True):
-    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: see light())."""
-    pt = min(per_thread(dtype), 16 if light else 8)
+def loop_configs(dtype, light=16):
+    """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: the cap of light())."""
+    pt = min(per_thread(dtype), light)
     configs = {}
     for n, b, w in _WIDE_TILES:
         w = max(w, n * b // (32 * pt))
         rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
         if w <= max_warps(dtype) and rows_per_thread <= 2:
             configs[(n, b, w)] = None
-    if not configs:  # fp64: one row, 4 elements per thread
+    if not configs:  # fp64: one row, per_thread() elements per thread
         configs[(1, 32 * max_warps(dtype) * pt, max_warps(dtype))] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
