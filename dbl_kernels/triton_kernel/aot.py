@@ -15,8 +15,8 @@ import torch
 from .._spec import REWEIGHT_CB_AVG_W, REWEIGHT_NONE, REWEIGHT_REBALANCE
 from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, light, loop_configs, one_tile_max_c, row_configs
 from ._math import POW_ANY, POW_NONE, POW_ONE, POW_TWO
-from .kernels import (OPTIONS, STATS_BUFFER, STATS_INLINE, STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel,
-                      _stats_kernel)
+from .kernels import (ASYM_CLIP, ASYM_FOCUS_GRAD, ASYM_ON, OPTIONS, STATS_BUFFER, STATS_GIVEN, STATS_INLINE,
+                      STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel)
 from .launcher import labels_kind
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64",
@@ -28,15 +28,21 @@ LABEL_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, t
 WEIGHT_DTYPES = (None,) + LOGIT_DTYPES
 # The constexpr axes of _fused_kernel besides dtypes and tiles, and the DB-focal default (COCO).
 _AXES = dict(REWEIGHT=tuple(range(6)), NORM=(0, 1, 2), LOGIT_REG=(False, True),
-             POW=(POW_NONE, POW_ONE, POW_TWO, POW_ANY), REDUCE_NONE=(False, True), HAS_GRADIENTS=(False, True))
+             POW=(POW_NONE, POW_ONE, POW_TWO, POW_ANY), REDUCE_NONE=(False, True), HAS_GRADIENTS=(False, True),
+             ASYM=(0, ASYM_ON, ASYM_ON | ASYM_CLIP, ASYM_ON | ASYM_FOCUS_GRAD, ASYM_ON | ASYM_CLIP | ASYM_FOCUS_GRAD),
+             CSR=(False, True))
 _MAIN = dict(REWEIGHT=REWEIGHT_REBALANCE, NORM=0, LOGIT_REG=True, POW=POW_TWO, REDUCE_NONE=False,
-             HAS_GRADIENTS=True)
+             HAS_GRADIENTS=True, ASYM=0, CSR=False)
+_ASL = ASYM_ON | ASYM_CLIP | ASYM_FOCUS_GRAD  # ASL's defaults: clip 0.05, the gradient through the focusing
 # The main paths: the authors' COCO-MLT / VOC-MLT config (one specialisation: VOC changes scalars
-# only), CB-focal and plain BCE, reduction mean (the kernel's sum path); with and without gradient.
+# only), CB-focal, plain BCE, ASL (Ridnik et al.'s defaults) and DB-ASL (DB-focal + gamma_neg,
+# clip), reduction mean (the kernel's sum path); with and without gradient.
 MAIN_LOSSES = {
     "db-focal": _MAIN,
     "cb-focal": dict(_MAIN, REWEIGHT=REWEIGHT_CB_AVG_W, LOGIT_REG=False),
     "bce": dict(_MAIN, REWEIGHT=REWEIGHT_NONE, LOGIT_REG=False, POW=POW_NONE),
+    "asl": dict(_MAIN, REWEIGHT=REWEIGHT_NONE, LOGIT_REG=False, POW=POW_NONE, ASYM=_ASL),
+    "db-asl": dict(_MAIN, ASYM=_ASL),
 }
 MAIN_LOGITS = (torch.bfloat16, torch.float16, torch.float32)
 MAIN_LABELS = (torch.uint8, torch.bool)
@@ -74,14 +80,15 @@ def compile_key(spec):
 def _fused_types(zd, yd, wd):
     cd = torch.float64 if zd == torch.float64 else torch.float32
     return dict(z_ptr=_PTR[zd], y_ptr=_PTR[yd], wt_ptr=_PTR[wd or cd], cp_ptr=_PTR[cd], aux_ptr=_PTR[cd],
-                stats_ptr=_PTR[cd], bmax_ptr="*i64", part_ptr=_PTR[cd], sync_ptr="*i64", out_ptr=_PTR[cd],
-                grad_ptr=_PTR[zd], **{n: "i32" for n in _INTS}, **{n: "fp32" for n in _FLOATS})
+                stats_ptr=_PTR[cd], bmax_ptr="*i64", crow_ptr="*i64", col_ptr="*i64", part_ptr=_PTR[cd],
+                sync_ptr="*i64", out_ptr=_PTR[cd], grad_ptr=_PTR[zd], **{n: "i32" for n in _INTS}, **{n: "fp32" for n in _FLOATS})
 
 
 def _tag(zd, yd, wd, axes):
     return (f"{_short(zd)}-{_short(yd)}-{_short(wd)}-rw{axes['REWEIGHT']}-norm{axes['NORM']}"
             f"-ntr{int(axes['LOGIT_REG'])}-pow{axes['POW']}-{'none' if axes['REDUCE_NONE'] else 'sum'}"
-            f"-grad{int(axes['HAS_GRADIENTS'])}")
+            f"-grad{int(axes['HAS_GRADIENTS'])}{'-asym%d' % axes['ASYM'] if axes['ASYM'] else ''}"
+            f"{'-csr' if axes['CSR'] else ''}")
 
 
 def _tile_name(c, w):
@@ -129,7 +136,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, w
                 ce.update(C=1, stride_z=1, stride_y=1)
             yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{_tile_name(c, w)}", types, ce, w, False,
                              _ALIGNED if bc % 16 == 0 else _ALIGNED[-1:], wide_loads=wide_loads and bc > 1)
-    for st in stats_modes or ((STATS_INLINE, STATS_BUFFER) if needs else (STATS_NONE,)):
+    for st in stats_modes or ((STATS_INLINE, STATS_BUFFER, STATS_GIVEN) if needs else (STATS_NONE,)):
         configs = loop_configs(zd, light(yd, wd is not None, axes["REWEIGHT"]))
         for c, w in (configs if all_configs else configs[:1]):
             yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-{_tile_name(c, w)}", types, dict(base, STATS=st, **c),

@@ -306,7 +306,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     else:
         if n_cols > 1 and labels.stride(1) != 1:
             labels = labels.contiguous()
-        crow = col = labels
+        crow = col = None  # unread: the workspace's int64 slots stand in (one specialisation)
         stride_y = labels.stride(0)
     if weight is None:
         wt, stride_wn, stride_wc = class_params, 0, 0
@@ -352,6 +352,8 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stats_split = 1 if by_batch else split
         stats, bmax = _run_stats(labels, table, reweight_mode, by_batch, hard, has_unknown, stats_split,
                                  chunk if stats_split > 1 else n_cols, dtype, eager, opts)
+    if crow is None:
+        crow = col = ws.sync
     args = dict(z_ptr=logits, y_ptr=labels, crow_ptr=crow, col_ptr=col, wt_ptr=wt, cp_ptr=table, aux_ptr=aux, stats_ptr=stats, bmax_ptr=bmax,
                 part_ptr=ws.partials, sync_ptr=ws.sync, out_ptr=out, grad_ptr=grad, N=n_rows, C=n_cols,
                 stride_z=logits.stride(0), stride_y=stride_y, stride_wn=stride_wn, stride_wc=stride_wc,
