@@ -13,7 +13,8 @@ CUDA cubins' jump tables); the Triton kernels' machine code is disassembled 64 k
 ``--quick``: the main paths with uint8 labels and the gradient, and the helper kernels; ``--only RE``:
 the Triton specialisations whose name matches (e.g. ``--only 'rw1-.*grad1-C80' --arch 90``).
 
-Exits non-zero when anything fails to compile, any kernel spills or uses local memory, a main path
+Exits non-zero when anything fails to compile, a kernel spills on sm_90 (on sm_80: more than
+``SM80_SPILL_OK`` bytes) or uses local memory, a main path
 (or the column-split variants) does not read its logits with 16-byte loads, or a main path on
 sm_90 issues more than ``BUDGET`` SASS instructions (Triton 36, CUDA 48) or MUFU operations (5) per
 element (``--no-budget``: report those, do not fail). Writes ``static_check.md`` / ``.json`` to ``--out``.
@@ -49,7 +50,8 @@ ptxas unrolls by k runs 1/k of the source trip count: the models assume the loss
 loops are not unrolled (true of today's SASS; a test shows how an unrolled loop reads).
 
 Reading the table: ``regs`` are registers per thread (<= 64 keeps full occupancy at 1024 threads/SM
-on sm_80/sm_90 with 255 the hard cap), ``spill``/``local`` must be 0, ``ld``/``st`` are the widest
+on sm_80/sm_90 with 255 the hard cap), ``spill``/``local`` must be 0 (sm_80: a few spilled bytes
+are noted in the status), ``ld``/``st`` are the widest
 global load/store in bits (128 = 16-byte vector access; a bf16 row read with 128-bit loads moves 8
 logits per instruction).
 """
