@@ -58,7 +58,23 @@ struct KArgs {
   bool asymmetric;
   AslConsts<T> asl;
   bool rows_given;  // row_stats point at the caller's statistics; by_batch reads aux[1]
+  const int64_t* crow;  // CSR labels (y: the stored values), or null
+  const int64_t* col;
 };
+
+// The label at (row, c) of CSR labels: a lower-bound search of c in the row's ascending columns;
+// 0 (a negative) where nothing is stored.
+template <class T>
+DBL_BLK T csr_label(const KArgs<T>& a, int64_t row, int64_t c) {
+  int64_t lo = a.crow[row], hi = a.crow[row + 1];
+  const int64_t end = hi;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (a.col[mid] < c) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < end && a.col[lo] == c ? load_label<T>(a.y_dtype, a.y, lo) : T(0);
+}
 
 template <class T>
 struct Shared {
@@ -288,7 +304,8 @@ struct Block {
               gv[e] = g;
             }
           } else {
-            const T y = load_label<T>(a.y_dtype, yi + sl.rl * a.ldy * ysize(), c);
+            const T y = a.crow ? csr_label(a, row0 + sl.rl, c)
+                               : load_label<T>(a.y_dtype, yi + sl.rl * a.ldy * ysize(), c);
             const T f = (y != T(-1) ? T(1) : T(0)) * (HAS_W ? a.w[(row0 + sl.rl) * a.ws0 + c * a.ws1] : T(1));
             const T yp = y > T(0) ? y : T(0);
             const T z = load_one<T>(zi + (sl.rl * a.ldz + c));
@@ -510,6 +527,8 @@ KArgs<T> make_args(const FusedLaunch& a, const Plan& p, int pass) {
   k.bmax = reinterpret_cast<unsigned long long*>(ws + p.off_bmax);
   k.partial = reinterpret_cast<double*>(ws + p.off_partial);
   k.rows_given = a.row_stats != nullptr;
+  k.crow = a.crow;
+  k.col = a.col;
   k.row_stats = k.rows_given ? static_cast<T*>(const_cast<void*>(a.row_stats)) : reinterpret_cast<T*>(ws + p.off_rows);
   k.N = a.N;
   k.C = a.C;

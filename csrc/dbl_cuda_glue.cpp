@@ -49,8 +49,6 @@ at::Tensor workspace_for(const at::Tensor& like, size_t bytes, cudaStream_t stre
   return ws;
 }
 
-// The contract features the CUDA op implements (dbl_kernels/cpp_ops.py declares the CPU op's).
-constexpr int kCudaFeatures = F_ASYMMETRIC | F_PER_CLASS | F_ROW_STATS;
 
 std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at::Tensor& labels,
                                               const std::optional<at::Tensor>& crow_indices,

@@ -68,8 +68,6 @@ bool workspace_at_rest(const Plan& p) {
   return ticket == 0 && key == 0;
 }
 
-// The contract features of the CUDA op (dbl_cuda_glue.cpp), which the emulation mirrors.
-constexpr int kCudaFeatures = F_ASYMMETRIC | F_PER_CLASS | F_ROW_STATS;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& crow_indices,

@@ -25,6 +25,9 @@ inline int launch_dtype(at::ScalarType t) {
   }
 }
 
+// The contract features of the CUDA op (dbl_cuda_glue.cpp), which its CPU emulation mirrors.
+constexpr int kCudaFeatures = F_ASYMMETRIC | F_PER_CLASS | F_ROW_STATS | F_CSR;
+
 // Given row statistics (contract: 2 x N, [0] the statistic A, [1] the count B) as the kernel reads
 // a statistics pass's: N x 2 (count, statistic). Undefined when none were given.
 inline at::Tensor kernel_row_stats(const Prepared& p) {
@@ -41,7 +44,13 @@ inline cuda::FusedLaunch launch_args(const Prepared& p, const OpScalars& s, cons
   a.ldz = p.N > 1 ? p.logits.stride(0) : p.C;  // a single row's stride is arbitrary; C keeps it aligned
   a.labels = p.labels.data_ptr();
   a.y_dtype = launch_dtype(p.labels.scalar_type());
-  a.ldy = p.N > 1 ? p.labels.stride(0) : p.C;
+  const bool csr = p.crow.defined();
+  a.ldy = csr ? 0 : p.N > 1 ? p.labels.stride(0) : p.C;
+  a.crow = csr ? p.crow.data_ptr<int64_t>() : nullptr;
+  a.col = csr ? p.col.data_ptr<int64_t>() : nullptr;
+  TORCH_CHECK_VALUE(!csr || rows.defined() || row_stat_kind(static_cast<int>(s.reweight_mode)) == STAT_NONE,
+                    "dbl::fused: CSR labels on the CUDA kernel need row_stats (2 x N) for a row-dependent "
+                    "re-weighting: it reads no statistics from CSR");
   a.weight = p.weight.defined() ? p.weight.data_ptr() : nullptr;
   a.ws0 = p.weight.defined() ? p.weight.stride(0) : 0;
   a.ws1 = p.weight.defined() ? p.weight.stride(1) : 0;

@@ -48,6 +48,10 @@ struct FusedLaunch {
   // Given row statistics, N x 2 (count, statistic) per row in the compute dtype, or null; with them
   // the generic kernel skips its statistics and reads by_batch's 1 / batch max from aux[1].
   const void* row_stats;
+  // CSR labels (generic kernel only, with row statistics given where the weights need them):
+  // ``labels`` holds the stored values, row i's columns are col[crow[i] .. crow[i + 1]), ascending.
+  const int64_t* crow;
+  const int64_t* col;
 };
 
 constexpr int kThreads = 256;          // threads per block
@@ -178,7 +182,7 @@ inline bool aligned_to(const void* p, int64_t bytes) {
 
 // The main path a launch qualifies for (PATH_GENERIC when none).
 inline int choose_path(const FusedLaunch& a) {
-  if (a.asymmetric || a.row_stats) return PATH_GENERIC;
+  if (a.asymmetric || a.row_stats || a.crow) return PATH_GENERIC;
   if (a.z_dtype != kBF16 && a.z_dtype != kF16 && a.z_dtype != kF32) return PATH_GENERIC;
   if (a.y_dtype != kU8) return PATH_GENERIC;
   const int64_t V = kVec;

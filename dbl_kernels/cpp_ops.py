@@ -32,5 +32,5 @@ fused = torch.ops.dbl.fused.default
 # The optional parts of the contract the C++ kernels implement (csrc: kCpuFeatures, kCudaFeatures);
 # calls needing any other run the reference (loss._fused_supports).
 FEATURES = {"cpu": frozenset({"asymmetric", "per_class", "row_stats", "check_labels", "csr", "csr_stats"}),
-            "cuda": frozenset({"asymmetric", "per_class", "row_stats"})}
+            "cuda": frozenset({"asymmetric", "per_class", "row_stats", "csr"})}
 ops.register(fused, device_scale=scale_grad if _HAS_CUDA else None, features=FEATURES)

@@ -7,7 +7,8 @@ buffers are dropped. Everything the loss needs across all classes depends on the
 (the row statistics of the re-weighting, the row and batch maxima of its normalisation, the
 mean's count) and is computed first, from the labels alone. Peak extra memory is
 O(N * chunk + N * H) instead of O(N * C); the gradients are finished in the forward and a plain
-``loss.backward()`` only hands them on (no second pass over the classes).
+``loss.backward()`` only hands them on (no second pass over the classes). CSR labels reach an op
+that reads CSR (cpu, triton) as each chunk's CSR slice, with no dense label tile.
 
 Default chunk size: the classes whose per-chunk buffers (logits, gradient and the dense label tile,
 4 bytes each in fp32, plus slack: 16 bytes per element) fit in ``CHUNK_BUDGET_BYTES`` (64 MiB), at
@@ -52,9 +53,9 @@ class _FusedChunks:
     call gets the chunk's slice of the full class table, whose w_max spans all classes, and the
     row statistics and batch maximum over all classes."""
 
-    def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device, scale):
+    def __init__(self, op, class_freq, train_num, cfg, rows, dtype, device, scale, csr_ok):
         table = class_params(class_freq, train_num, cfg)  # numpy: built on the host, no device read
-        self.op, self.spec = op, kernel_spec(table, cfg)
+        self.op, self.spec, self.csr_ok = op, kernel_spec(table, cfg), csr_ok
         self.params = torch.from_numpy(table).to(device=device, dtype=dtype)
         self.row_stats, inv_batch = _rows.kernel_row_stats(rows, cfg, dtype)
         one = torch.ones((), dtype=dtype, device=device)
@@ -64,9 +65,17 @@ class _FusedChunks:
         self.reduction = REDUCTIONS[cfg.reduction]
 
     def __call__(self, logits, labels, c0, c1):
+        """``labels``: the ChunkedLabels; CSR ones reach an op that reads CSR as the chunk's CSR
+        slice (no dense tile)."""
         params = self.params[:, c0:c1].contiguous()
-        args = ops.op_args(logits.detach(), labels, None, params, self.aux, self.spec, True, self.reduction,
-                           row_stats=self.row_stats)
+        csr = None
+        if labels.csr and self.csr_ok:
+            part = _sparse.column_slice(labels.labels, c0, c1)
+            tile, csr = part.values(), (part.crow_indices(), part.col_indices())
+        else:
+            tile = labels.chunk(c0, c1)
+        args = ops.op_args(logits.detach(), tile, None, params, self.aux, self.spec, True, self.reduction,
+                           row_stats=self.row_stats, csr=csr)
         return self.op(*args)
 
 
@@ -79,9 +88,10 @@ def _fused_chunks(backend, device, class_freq, train_num, cfg, rows, dtype, scal
     op = backends.fused_op(name)
     need = {"row_stats"} | ({"asymmetric"} if cfg.asymmetric else set())
     need |= {"per_class"} if cfg.reduction == "per_class" else set()
-    if not need <= ops.features(op, device.type):
+    features = ops.features(op, device.type)
+    if not need <= features:
         return None
-    return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device, scale)
+    return _FusedChunks(op, class_freq, train_num, cfg, rows, dtype, device, scale, "csr" in features)
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
@@ -110,7 +120,7 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             logits = (hidden @ weight[c0:c1].t() if bias is None
                       else torch.addmm(bias[c0:c1], hidden, weight[c0:c1].t()))
             if fused is not None:
-                loss, grad = fused(logits, labels.chunk(c0, c1), c0, c1)
+                loss, grad = fused(logits, labels, c0, c1)
             else:
                 loss, grad = _chunk_loss(logits, labels.chunk(c0, c1), class_freq[c0:c1], train_num, sum_cfg, rows)
             if cfg.reduction == "per_class":

@@ -328,9 +328,9 @@ def _warn_unsupported(backend, device_type, missing):
     _WARNED.add(key)
     what = ", ".join(_WHAT[m] for m in sorted(missing))
     warnings.warn(f"dbl_kernels: the {backend} kernel does not compute {what} on {device_type} tensors, so these "
-                  "calls run the pure-PyTorch reference (slower). The cpu and triton kernels compute "
-                  "every one of them, the cuda kernel all but CSR labels (README: Backends); pass backend='reference' to "
-                  "choose the reference explicitly.", UserWarning, stacklevel=3)
+                  "calls run the pure-PyTorch reference (slower): this build of the kernel lacks it (README: "
+                  "Backends says which kernel computes what); pass backend='reference' to choose the reference "
+                  "explicitly.", UserWarning, stacklevel=3)
 
 
 class DistributionBalancedLoss(_FusedLoss):

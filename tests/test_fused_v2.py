@@ -9,7 +9,7 @@ import torch
 
 import dbl_kernels as dk
 from dbl_kernels import backends, ops, reference
-from dbl_kernels._spec import MODE_CHECK_LABELS, REDUCTION_NONE, REDUCTION_SUM, make_aux
+from dbl_kernels._spec import MODE_CHECK_LABELS, REDUCTION_NONE, REDUCTION_PER_CLASS, REDUCTION_SUM, make_aux
 
 from test_cpp_backend import REWEIGHTS, _inputs, _stats, cpp_ops, needs_ext
 
@@ -265,7 +265,43 @@ def test_csr_op_checks_values_and_structure():
     broken[2] = crow[-1] + 5
     with pytest.raises(ValueError, match="malformed crow_indices"):
         call(values, broken)
-    with pytest.raises(RuntimeError, match="CSR labels"):  # the CUDA kernel (emulated) has no CSR path
-        torch.ops.dbl._cuda_emulate(*ops.op_args(z, values, None, mod._params(torch.float32), aux, mod.spec, True,
-                                                 REDUCTION_SUM, csr=(crow, col)), 0)
-    assert "csr" in ops.features(cpp_ops.fused, "cpu") and "csr" not in ops.features(cpp_ops.fused, "cuda")
+    # both C++ ops read CSR labels; only the CPU op finds their row statistics itself
+    assert {"csr", "csr_stats"} <= ops.features(cpp_ops.fused, "cpu")
+    assert "csr" in ops.features(cpp_ops.fused, "cuda") and "csr_stats" not in ops.features(cpp_ops.fused, "cuda")
+
+
+@pytest.mark.parametrize("reweight", REWEIGHTS, ids=lambda r: "-".join(str(v) for v in r.values()))
+def test_csr_labels_on_the_cuda_kernel_emulated(reweight):
+    """The CUDA kernel's generic path on CSR labels (run on the CPU by dbl::_cuda_emulate, the MUFU
+    error model at both ends), with the row statistics and by_batch's maximum the loss hands down
+    (the CUDA op has no csr_stats), against the CPU op on the dense labels."""
+    c = 50
+    sparse, dense = _csr_labels(11, c)
+    z = torch.randn(11, c, generator=torch.Generator().manual_seed(5)) * 3
+    for norm, reduction, extra in itertools.product(NORMS, (REDUCTION_NONE, REDUCTION_SUM, REDUCTION_PER_CLASS),
+                                                     (dict(), dict(gamma_neg=3.0, clip=0.05))):
+        mod = dk.DistributionBalancedLoss(_stats(c), backend="cpu", weight_norm=norm, **reweight, **extra)
+        row_stats, inv_batch = mod._csr_row_stats(sparse, torch.float32, mod.config)
+        aux = torch.tensor([1.0, 1.0 if inv_batch is None else float(inv_batch)])
+        params = mod._params(torch.float32)
+        dense_args = ops.op_args(z, dense, None, params, aux, mod.spec, True, reduction)
+        want = cpp_ops.fused(*dense_args)
+        args = ops.op_args(z, sparse.values(), None, params, aux, mod.spec, True, reduction, row_stats=row_stats,
+                           csr=(sparse.crow_indices(), sparse.col_indices()))
+        for err in (1, -1):
+            loss, grad, _ = torch.ops.dbl._cuda_emulate(*args, err)
+            _close(loss, want[0])
+            _close(grad, want[1])
+            # sparse and dense labels on the same kernel: within 1e-6
+            dense_loss, dense_grad, _ = torch.ops.dbl._cuda_emulate(*dense_args, err)
+            _close(loss, dense_loss, 1e-6)
+            _close(grad, dense_grad, 1e-6)
+
+
+def test_csr_on_the_cuda_kernel_needs_row_stats():
+    sparse, _ = _csr_labels(4, 20)
+    mod = dk.DistributionBalancedLoss(_stats(20))  # rebalance: row-dependent weights
+    args = ops.op_args(torch.randn(4, 20), sparse.values(), None, mod._params(torch.float32), torch.ones(2), mod.spec,
+                       True, REDUCTION_SUM, csr=(sparse.crow_indices(), sparse.col_indices()))
+    with pytest.raises(ValueError, match="need row_stats"):
+        torch.ops.dbl._cuda_emulate(*args, 0)

@@ -107,7 +107,10 @@ def test_csr_labels_on_triton_equal_dense(options, reduction):
         csr = y.to_sparse_csr()
     make = lambda backend: dk.DistributionBalancedLoss(stats, backend=backend, reduction=reduction,  # noqa: E731
                                                         **options)
-    _compare(make, z, csr)
+    sparse = _compare(make, z, csr)
+    dense = _loss_and_grad(make("triton"), z, y, None, None)  # the same kernel on dense labels: within 1e-6
+    _close(sparse[0], dense[0], 1e-6)
+    _close(sparse[1], dense[1], 1e-6)
 
 
 def test_csr_without_by_batch_never_densifies(monkeypatch):
@@ -192,3 +195,22 @@ def test_opcheck_with_v2_arguments():
                            reduction, row_stats=row_stats, csr=(csr.crow_indices(), csr.col_indices()))
         torch.library.opcheck(launcher.fused, args, test_utils=("test_schema", "test_faketensor",
                                                                 "test_autograd_registration"))
+
+
+def test_gradcheck_fp64_on_triton():
+    """fp64 on the Triton kernel: the closed-form gradient against finite differences (ASL with
+    every option, per_class, DB-ASL; CSR labels too)."""
+    y = _labels(5, 6, "soft")[1:].contiguous()
+    z = _logits(5, 6, torch.float64, scale=2.0)[1:].contiguous()  # no saturated row: finite differences
+    hard = _labels(5, 6, "hard")[1:].contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csr = hard.to_sparse_csr()
+    cases = ((dk.AsymmetricLoss(backend="triton", gamma_pos=0.5, gamma_neg=2.5, clip=0.05, smoothing=0.1,
+                                pos_weight=torch.linspace(0.5, 2, 6)), y),
+             (dk.AsymmetricLoss(backend="triton", gamma_neg=2.0, reduction="per_class"), y),
+             (dk.DistributionBalancedLoss(_stats(6), backend="triton", gamma_neg=3.0, clip=0.05), y),
+             (dk.DistributionBalancedLoss(_stats(6), backend="triton", weight_norm="by_batch"), csr))
+    for mod, labels in cases:
+        with _NoReference():
+            assert torch.autograd.gradcheck(lambda x: mod(x, labels), (z.clone().requires_grad_(),))
