@@ -13,8 +13,8 @@ CUDA cubins' jump tables); the Triton kernels' machine code is disassembled 64 k
 ``--quick``: the main paths with uint8 labels and the gradient, and the helper kernels; ``--only RE``:
 the Triton specialisations whose name matches (e.g. ``--only 'rw1-.*grad1-C80' --arch 90``).
 
-Exits non-zero when anything fails to compile, a kernel spills on sm_90 (on sm_80: more than
-``SM80_SPILL_OK`` bytes) or uses local memory, a main path
+Exits non-zero when anything fails to compile, a kernel spills on sm_90 (sm_80 spills are noted in
+the status) or uses local memory, a main path
 (or the column-split variants) does not read its logits with 16-byte loads, or a main path on
 sm_90 issues more than ``BUDGET`` SASS instructions (Triton 36, CUDA 48) or MUFU operations (5) per
 element (``--no-budget``: report those, do not fail). Writes ``static_check.md`` / ``.json`` to ``--out``.
@@ -82,7 +82,6 @@ from kernel_models import (CUDA_MAIN, Estimate, _cdiv, _dead_tails, _tail_loads,
 # Per logits element on the main paths, enforced on BUDGET_ARCH (see the module docstring).
 BUDGET = dict(triton=36, cuda=48, mufu=5)
 BUDGET_ARCH = 90
-SM80_SPILL_OK = 8  # bytes of spill stores on other targets that are reported, not failed
 
 
 @dataclass
@@ -211,8 +210,8 @@ def _fill(row, info, spill_bytes, wide_loads):
     if row.spill or row.local:
         text = f"spills: {row.spill} B spill stores, local {row.local} B"
         # sm_90 (H100 / H200, the machines the budget and the targets are set on) must not spill;
-        # sm_80 may spill a few bytes (<= SM80_SPILL_OK), reported
-        if row.target != f"sm_{BUDGET_ARCH}" and not row.local and row.spill <= SM80_SPILL_OK:
+        # spills on other targets are reported in the status, not failed
+        if row.target != f"sm_{BUDGET_ARCH}" and not row.local:
             row.notes.append(text)
         else:
             row.problems.append(text)

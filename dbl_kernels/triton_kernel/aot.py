@@ -116,7 +116,8 @@ def _main_variants(quick):
         regime = "rows" if n_cols <= one_tile_max_c(zd) else "loop"
         for c, w in launch_configs(n_cols, zd, yd, grad, axes["REWEIGHT"]):
             yield _spec_dict(_fused_kernel, f"{regime}-{_tag(zd, yd, None, axes)}-C{n_cols}-{_tile_name(c, w)}",
-                             _fused_types(zd, yd, None), dict(base, **c), w, True, _MAIN_ALIGNED,
+                             _fused_types(zd, yd, None), dict(base, EVEN_C=n_cols % c["BLOCK_C"] == 0, **c), w, True,
+                             _MAIN_ALIGNED,
                              problem=dict(loss=loss, C=n_cols), wide_loads=True)
 
 
@@ -131,7 +132,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, w
     for bc in block_cs:
         configs = row_configs(bc, zd, axes["HAS_GRADIENTS"], light(yd, wd is not None, axes["REWEIGHT"]))
         for c, w in (configs if all_configs else configs[:1]):
-            ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, **c)
+            ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, EVEN_C=bc % c["BLOCK_C"] == 0, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1
                 ce.update(C=1, stride_z=1, stride_y=1)
             yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{_tile_name(c, w)}", types, ce, w, False,
@@ -139,8 +140,9 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, w
     for st in stats_modes or ((STATS_INLINE, STATS_BUFFER, STATS_GIVEN) if needs else (STATS_NONE,)):
         configs = loop_configs(zd, light(yd, wd is not None, axes["REWEIGHT"]))
         for c, w in (configs if all_configs else configs[:1]):
-            yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-{_tile_name(c, w)}", types, dict(base, STATS=st, **c),
-                             w, False, _ALIGNED, wide_loads=wide_loads)
+            # EVEN_C False: any C, with the column tail (the main paths cover C = 8192 without one)
+            yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-{_tile_name(c, w)}", types,
+                             dict(base, STATS=st, EVEN_C=False, **c), w, False, _ALIGNED, wide_loads=wide_loads)
 
 
 def specialisations(quick=False, exhaustive=False):

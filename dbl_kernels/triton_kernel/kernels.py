@@ -356,19 +356,24 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
 
 @triton.jit
 def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
-               C_TILES: tl.constexpr):
+               C_TILES: tl.constexpr, EVEN_C: tl.constexpr):
     """Every column tile of the row tile in [c_begin, c_end): C_TILES > 0: exactly that many from 0,
-    unrolled (constant offsets, no masks); else a loop over the full tiles, then the masked tail."""
+    unrolled (constant offsets, no masks); else a loop over the full tiles, then the masked tail,
+    which EVEN_C (every chunk a multiple of BLOCK_C) compiles away."""
     if C_TILES > 0:
         for c in tl.static_range(C_TILES):
             acc = _tile(acc, None, _columns(c * BLOCK_C, BLOCK_C, VEC), c_end, False, P, R, S, F)
     else:
         ALIGN: tl.constexpr = BLOCK_C if BLOCK_C < 16 else 16
-        c_full = c_begin + (c_end - c_begin) // BLOCK_C * BLOCK_C
+        if EVEN_C:
+            c_full = c_end
+        else:
+            c_full = c_begin + (c_end - c_begin) // BLOCK_C * BLOCK_C
         for c0 in range(c_begin, c_full, BLOCK_C):
             acc = _tile(acc, None, _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC), c_end, False, P, R, S, F)
-        if c_full < c_end:
-            acc = _tile(acc, None, _columns(c_full, BLOCK_C, VEC), c_end, True, P, R, S, F)
+        if not EVEN_C:
+            if c_full < c_end:
+                acc = _tile(acc, None, _columns(c_full, BLOCK_C, VEC), c_end, True, P, R, S, F)
     return acc
 
 
@@ -380,8 +385,8 @@ def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stat
                   REWEIGHT: tl.constexpr, NORM: tl.constexpr, LOGIT_REG: tl.constexpr, POW: tl.constexpr,
                   REDUCE_NONE: tl.constexpr, HAS_GRADIENTS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                   HARD_LABELS: tl.constexpr, HAS_UNKNOWN: tl.constexpr, STATS: tl.constexpr, ASYM: tl.constexpr,
-                  CSR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, ONE_TILE: tl.constexpr,
-                  C_TILES: tl.constexpr):
+                  CSR: tl.constexpr, EVEN_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                  ONE_TILE: tl.constexpr, C_TILES: tl.constexpr):
     """Row tiles pid0, pid0 + grid0, ... of BLOCK_N rows x columns [pid1 * chunk, +chunk): loss and
     gradient.
 
@@ -392,8 +397,9 @@ def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stat
     ``stats_ptr``: row statistics from ``_stats_kernel`` (STATS_BUFFER: [A | B] x stats_split x N);
     ``bmax_ptr``: its batch-max weight key (by_batch); STATS_GIVEN: ``row_stats`` (A | B) x N, and
     aux[1] = 1 / the batch max. ONE_TILE: the whole row is one tile (BLOCK_C >= C), whose labels
-    serve the statistics too. CSR: ``y_ptr`` holds the stored values (stride_y 0), with
-    ``crow_ptr`` / ``col_ptr``; ASYM: the asymmetric element form (ASYM_*).
+    serve the statistics too. EVEN_C: every column chunk is a multiple of BLOCK_C (no masked tail).
+    CSR: ``y_ptr`` holds the stored values (stride_y 0), with ``crow_ptr`` / ``col_ptr``; ASYM: the
+    asymmetric element form (ASYM_*).
     """
     CDT = cp_ptr.dtype.element_ty
     if y_ptr.dtype.element_ty == tl.int1:  # bool labels as their bytes
@@ -478,7 +484,7 @@ def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stat
         else:
             acc = _main_pass(acc, c_begin, c_end, P, R, S,
                              (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS,
-                              HAS_UNKNOWN, ASYM, CSR), BLOCK_C, VEC, C_TILES)
+                              HAS_UNKNOWN, ASYM, CSR), BLOCK_C, VEC, C_TILES, EVEN_C)
         if not REDUCE_NONE:  # each thread adds its own VEC lanes: no data leaves the thread
             acc_rows += tl.sum(tl.reshape(acc, [BLOCK_N, BLOCK_C // VA, VA]), axis=2)
     if not REDUCE_NONE:

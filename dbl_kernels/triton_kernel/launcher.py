@@ -338,10 +338,12 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stats_mode = STATS_GIVEN
     elif needs_stats:
         stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
+    widths = [c["BLOCK_C"] for c, _ in configs] if meta is None else [meta["BLOCK_C"]]
+    even = all(n_cols % b == 0 and chunk % b == 0 for b in widths)  # no config has a column tail
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode,
-                  ASYM=asym, CSR=csr is not None)
+                  ASYM=asym, CSR=csr is not None, EVEN_C=even)
     ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), cached)
     out = (torch.empty((n_rows, n_cols), dtype=dtype, device=device) if reduce_none
            else torch.empty((), dtype=dtype, device=device))
