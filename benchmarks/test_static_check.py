@@ -542,3 +542,17 @@ def test_compiled_cuda_kernels(tmp_path):
         (0xD0, SassPath(13, 13, 1, 1))]
     pick = sass_cfg.analyse(sass_cfg.parse_function(funcs["pick"]["sass"]), funcs["pick"]["table"])
     assert pick.straight == PICK_COST and pick.problems == []
+
+
+def test_spills_fail_on_sm90_and_are_noted_on_sm80():
+    """The budget's target (sm_90) must not spill; an sm_80 spill is reported in the status."""
+    info = dict(regs=128, local=0, shared=0, stack=8, loads=[128], stores=[128])
+    rows = {}
+    for target in ("sm_80", "sm_90"):
+        rows[target] = static_check.Row("_fused_kernel", "x", target, main_path=True)
+        static_check._fill(rows[target], info, 12, True)
+    assert rows["sm_80"].problems == [] and rows["sm_80"].notes == ["spills: 12 B spill stores, local 0 B"]
+    assert static_check.status(rows["sm_80"]).startswith("ok; spills: 12 B")
+    assert rows["sm_90"].problems == ["spills: 12 B spill stores, local 0 B"]
+    assert static_check.failing([rows["sm_80"]])[0] == []
+    assert static_check.failing([rows["sm_90"]])[0] == [rows["sm_90"]]

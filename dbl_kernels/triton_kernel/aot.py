@@ -96,12 +96,12 @@ def _tile_name(c, w):
     return f"{kind}{c['BLOCK_C']}-N{c['BLOCK_N']}-w{w}"
 
 
-def launch_configs(n_cols, zd, yd, grad, reweight):
+def launch_configs(n_cols, zd, yd, grad, reweight, asym=0):
     """[(constexprs, num_warps)]: every tile config the launcher (``launcher._plan`` on a GPU: the
     autotune set) can pick for ``n_cols`` columns of ``zd`` logits and ``yd`` labels, no weight."""
     if n_cols <= one_tile_max_c(zd):
-        return row_configs(n_cols, zd, grad, light(yd, False, reweight))
-    return loop_configs(zd, light(yd, False, reweight))
+        return row_configs(n_cols, zd, grad, light(yd, False, reweight, asym))
+    return loop_configs(zd, light(yd, False, reweight, asym))
 
 
 def _main_variants(quick):
@@ -114,7 +114,7 @@ def _main_variants(quick):
         base = dict(axes, HAS_WEIGHT=False, HARD_LABELS=hard, HAS_UNKNOWN=unknown,
                     STATS=STATS_INLINE if axes["REWEIGHT"] in STATS_MODES else STATS_NONE, stats_split=1)
         regime = "rows" if n_cols <= one_tile_max_c(zd) else "loop"
-        for c, w in launch_configs(n_cols, zd, yd, grad, axes["REWEIGHT"]):
+        for c, w in launch_configs(n_cols, zd, yd, grad, axes["REWEIGHT"], axes["ASYM"]):
             yield _spec_dict(_fused_kernel, f"{regime}-{_tag(zd, yd, None, axes)}-C{n_cols}-{_tile_name(c, w)}",
                              _fused_types(zd, yd, None), dict(base, EVEN_C=n_cols % c["BLOCK_C"] == 0, **c), w, True,
                              _MAIN_ALIGNED,
@@ -130,7 +130,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, w
     needs = axes["REWEIGHT"] in STATS_MODES
     tag = _tag(zd, yd, wd, axes)
     for bc in block_cs:
-        configs = row_configs(bc, zd, axes["HAS_GRADIENTS"], light(yd, wd is not None, axes["REWEIGHT"]))
+        configs = row_configs(bc, zd, axes["HAS_GRADIENTS"], light(yd, wd is not None, axes["REWEIGHT"], axes["ASYM"]))
         for c, w in (configs if all_configs else configs[:1]):
             ce = dict(base, STATS=STATS_INLINE if needs else STATS_NONE, EVEN_C=bc % c["BLOCK_C"] == 0, **c)
             if bc == 1:  # a contiguous N x 1 input: the runtime specialises these integers to 1
@@ -138,7 +138,7 @@ def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, w
             yield _spec_dict(_fused_kernel, f"rows-{tag}-C{bc}-{_tile_name(c, w)}", types, ce, w, False,
                              _ALIGNED if bc % 16 == 0 else _ALIGNED[-1:], wide_loads=wide_loads and bc > 1)
     for st in stats_modes or ((STATS_INLINE, STATS_BUFFER, STATS_GIVEN) if needs else (STATS_NONE,)):
-        configs = loop_configs(zd, light(yd, wd is not None, axes["REWEIGHT"]))
+        configs = loop_configs(zd, light(yd, wd is not None, axes["REWEIGHT"], axes["ASYM"]))
         for c, w in (configs if all_configs else configs[:1]):
             # EVEN_C False: any C, with the column tail (the main paths cover C = 8192 without one)
             yield _spec_dict(_fused_kernel, f"loop-{tag}-stats{st}-{_tile_name(c, w)}", types,

@@ -323,7 +323,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
                    clip, smoothing)
     table = kernel_table(class_params, opts, map_beta, cached)
     configs, meta, wide = _plan(n_rows, n_cols, logits.dtype, need_grad,
-                                tuning.light(labels.dtype, weight is not None, reweight_mode))
+                                tuning.light(labels.dtype, weight is not None, reweight_mode, asym))
     tiles = tuning.tiles
     split, chunk = 1, n_cols
     if wide:  # too few row tiles to fill the GPU: split the columns too

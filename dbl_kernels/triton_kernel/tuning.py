@@ -49,6 +49,10 @@ def max_warps(dtype):
     return 4 if dtype == torch.float64 else 16
 
 
+def _most_warps(dtype, light):
+    return max_warps(dtype) if light > 4 else min(8, max_warps(dtype))
+
+
 def vec(dtype):
     """Logits per 128-bit load: the columns a thread holds side by side (the kernels' VEC)."""
     return 16 // dtype.itemsize
@@ -74,12 +78,13 @@ def column_tiles(n_cols, widest):
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
 
-def light(labels_dtype, has_weight, reweight):
+def light(labels_dtype, has_weight, reweight, asym=0):
     """The most elements per thread an element's state allows without spilling: 16 for bool / uint8
     labels (tested as bytes) and a re-weighting that keeps one statistics accumulator (CB
     average_w / average_n keep two: sum and count), 8 for other labels, 4 with a weight tensor
-    (8 spilled 16 B on sm_90)."""
-    if has_weight:
+    (8 spilled 16 B on sm_90) or the asymmetric form (16 spilled 104 B on sm_90); at 4, tiles take at
+    most 8 warps (16 leave 64 registers a thread)."""
+    if has_weight or asym:
         return 4
     return 16 if labels_dtype in (torch.bool, torch.uint8) and reweight not in (REWEIGHT_CB_AVG_W,
                                                                                REWEIGHT_CB_AVG_N) else 8
@@ -91,7 +96,7 @@ def row_configs(n_cols, dtype, unroll=True, light=16):
     within warps. ``unroll``: unroll the column tiles where C is a few of them (C_TILES); without
     gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
     the loss-only kernels loop. ``light``: the cap of light()."""
-    pt, most = min(per_thread(dtype), light), max_warps(dtype)
+    pt, most = min(per_thread(dtype), light), _most_warps(dtype, light)
     configs = {}
     for b in column_tiles(n_cols, 32 * vec(dtype))[-1:]:  # the widest: fewest passes over a row
         for t, w in _ROW_TILES:
@@ -116,15 +121,15 @@ def c_tiles(n_cols, block_c):
 
 def loop_configs(dtype, light=16):
     """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: the cap of light())."""
-    pt = min(per_thread(dtype), light)
+    pt, most = min(per_thread(dtype), light), _most_warps(dtype, light)
     configs = {}
     for n, b, w in _WIDE_TILES:
         w = max(w, n * b // (32 * pt))
         rows_per_thread = n // max(1, 32 * w * vec(dtype) // b)
-        if w <= max_warps(dtype) and rows_per_thread <= 2:
+        if w <= most and rows_per_thread <= 2:
             configs[(n, b, w)] = None
-    if not configs:  # fp64: one row, per_thread() elements per thread
-        configs[(1, 32 * max_warps(dtype) * pt, max_warps(dtype))] = None
+    if not configs:  # fp64 and heavy elements: one row, pt elements per thread
+        configs[(1, 32 * most * pt, most)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
 
 
