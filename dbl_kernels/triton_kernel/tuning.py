@@ -121,7 +121,8 @@ def c_tiles(n_cols, block_c):
 
 def loop_configs(dtype, light=16):
     """[(constexprs, num_warps)] of the wide regime for logits of ``dtype`` (``light``: the cap of light())."""
-    pt, most = min(per_thread(dtype), light), _most_warps(dtype, light)
+    # heavy elements on wide rows: 4 warps (8 spilled 16 B on sm_90 with a weight tensor)
+    pt, most = min(per_thread(dtype), light), min(4, max_warps(dtype)) if light <= 4 else max_warps(dtype)
     configs = {}
     for n, b, w in _WIDE_TILES:
         w = max(w, n * b // (32 * pt))
