@@ -109,16 +109,22 @@ def _asl(**kw):
     return lambda backend: dk.AsymmetricLoss(backend=backend, **kw)
 
 
+def asl_cases(gammas, num_classes):
+    """(make, reduction): AsymmetricLoss with ``gammas`` x clip x the focusing weight constant or
+    not x (smoothing, pos_weight), the reductions taken in turn."""
+    pos_weight = torch.linspace(0.5, 2.0, num_classes, dtype=torch.float64)
+    cases = itertools.product((0.0, 0.05), (False, True), ((0.0, None), (0.1, None), (0.0, pos_weight)))
+    for i, (clip, constant, (smoothing, pw)) in enumerate(cases):
+        yield (_asl(gamma_pos=gammas[0], gamma_neg=gammas[1], clip=clip, disable_torch_grad_focal_loss=constant,
+                    smoothing=smoothing, pos_weight=pw), REDUCTION_NAMES[i % len(REDUCTION_NAMES)])
+
+
 @pytest.mark.parametrize("kind", ["hard", "soft", "partial"])
 @pytest.mark.parametrize("gammas", GAMMAS, ids=lambda g: f"g{g[0]}-{g[1]}")
 def test_asymmetric_loss_matches_reference(kind, gammas):
     z, y = _logits(10, 24), _labels(10, 24, kind)
-    pos_weight = torch.linspace(0.5, 2.0, 24, dtype=torch.float64)
-    cases = itertools.product((0.0, 0.05), (False, True), ((0.0, None), (0.1, None), (0.0, pos_weight)))
-    for i, (clip, constant, (smoothing, pw)) in enumerate(cases):
-        make = _asl(gamma_pos=gammas[0], gamma_neg=gammas[1], clip=clip, disable_torch_grad_focal_loss=constant,
-                    smoothing=smoothing, pos_weight=pw)
-        _compare(make, z, y, reduction=REDUCTION_NAMES[i % len(REDUCTION_NAMES)])
+    for make, reduction in asl_cases(gammas, 24):
+        _compare(make, z, y, reduction=reduction)
 
 
 @pytest.mark.parametrize("reduction", REDUCTION_NAMES)

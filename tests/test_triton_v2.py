@@ -1,7 +1,6 @@
 """Contract v2 in the Triton kernel (run on CPU tensors through the interpreter): the asymmetric
 form (ASL, DB-ASL, pos_weight), reduction per_class, CSR labels and row_stats, each against the
 reference, on the kernel itself (the reference raises inside ``_NoReference``)."""
-import itertools
 import warnings
 
 import pytest
@@ -12,7 +11,7 @@ from dbl_kernels import _sparse, ops
 from dbl_kernels import linear as linear_module
 
 from test_cpp_backend import _stats
-from test_fused_asl import _asl, _close, _labels, _logits, _loss_and_grad, _NoReference
+from test_fused_asl import _asl, _close, _labels, _logits, _loss_and_grad, _NoReference, asl_cases
 
 pytestmark = pytest.mark.skipif("triton" not in dk.available_backends(), reason="triton not usable here")
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -36,12 +35,8 @@ def _compare(make, z, y, reduction=None, tol=None):
 @pytest.mark.parametrize("gammas", [(1.0, 4.0), (0.5, 2.5), (0.0, 0.0)], ids=lambda g: f"g{g[0]}-{g[1]}")
 def test_asymmetric_loss_on_triton(kind, gammas):
     z, y = _logits(10, 24), _labels(10, 24, kind)
-    pos_weight = torch.linspace(0.5, 2.0, 24, dtype=torch.float64)
-    cases = itertools.product((0.0, 0.05), (False, True), ((0.0, None), (0.1, None), (0.0, pos_weight)))
-    for i, (clip, constant, (smoothing, pw)) in enumerate(cases):
-        make = _asl(gamma_pos=gammas[0], gamma_neg=gammas[1], clip=clip, disable_torch_grad_focal_loss=constant,
-                    smoothing=smoothing, pos_weight=pw)
-        _compare(make, z, y, reduction=("none", "sum", "mean", "batchmean", "per_class")[i % 5])
+    for make, reduction in asl_cases(gammas, 24):
+        _compare(make, z, y, reduction=reduction)
 
 
 def test_asymmetric_loss_fp64_and_half_logits():
