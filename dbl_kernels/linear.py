@@ -8,7 +8,7 @@ buffers are dropped. Everything the loss needs across all classes depends on the
 mean's count) and is computed first, from the labels alone. Peak extra memory is
 O(N * chunk + N * H) instead of O(N * C); the gradients are finished in the forward and a plain
 ``loss.backward()`` only hands them on (no second pass over the classes). CSR labels reach an op
-that reads CSR (cpu, triton) as each chunk's CSR slice, with no dense label tile.
+that reads CSR (cpu, triton, cuda) as each chunk's CSR slice, with no dense label tile.
 
 Default chunk size: the classes whose per-chunk buffers (logits, gradient and the dense label tile,
 4 bytes each in fp32, plus slack: 16 bytes per element) fit in ``CHUNK_BUDGET_BYTES`` (64 MiB), at
