@@ -29,6 +29,15 @@ def _torch_loads_libgomp():
 NO_EXTENSION = os.environ.get("DBL_NO_EXTENSION", "0") == "1"
 
 
+def _cuda_archs():
+    """sm_80 + sm_90 machine code and sm_90 PTX for newer GPUs, unless TORCH_CUDA_ARCH_LIST names
+    the targets (torch then derives the flags: e.g. "9.0" builds for one GPU in a third of the time)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []
+    return ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+            "-gencode=arch=compute_90,code=compute_90"]
+
+
 def _missing_torch_message(exc):
     return f"""
 dbl_kernels: torch is not importable while setup.py runs ({exc}), so its C++ kernel cannot be built.
@@ -80,9 +89,8 @@ if torch is not None and not NO_EXTENSION:
                 "dbl_kernels._C", sources, depends=headers, include_dirs=[os.path.join(here, "csrc")],
                 define_macros=define_macros + [("DBL_WITH_CUDA", "1")],
                 extra_link_args=link, extra_compile_args={"cxx": cxx, "nvcc": [
-                    "-O3", "-std=c++17",  # no --use_fast_math: the GPU runs the CPU's exact math
-                    "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
-                    "-gencode=arch=compute_90,code=compute_90"]},  # PTX for newer GPUs
+                    "-O3", "-std=c++17", "--threads=0",  # no --use_fast_math: the GPU runs the CPU's exact math
+                    *_cuda_archs()]},
                 py_limited_api=True)
         else:
             ext = cpp_extension.CppExtension(

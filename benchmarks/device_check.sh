@@ -10,10 +10,11 @@
 #
 # No network is needed (pip runs with --no-index). The device gives a session 15 minutes in all;
 # this script must leave room to rerun a step. Each step is capped with `timeout` so a hang in one
-# still leaves the others' output (caps sum to 400 s, plus 3 s of grace each and about 20 s of
-# Python start-ups outside them: under 7.5 minutes even if every step times out):
-#   build 75 s | perf 110 s | tests 105 s, with compute-sanitizer (80 s) beside them | checks 65 s |
-#   overhead 15 s | bench 30 s
+# still leaves the others' output (caps sum to 575 s, plus 3 s of grace each and about 30 s of
+# Python start-ups outside them: under 10 minutes even if every step times out; DBL_CHECK_BENCH=0
+# and DBL_CHECK_NCU=0 leave out the last and the profiler, 455 s):
+#   build 90 s | perf 150 s | ncu 2 x 45 s | tests 105 s, with compute-sanitizer (80 + 40 s) beside |
+#   checks 65 s | compile 50 s | overhead 15 s | bench 30 s
 # perf: N*C >= 2^26 (1,048,576 x 80; 8,192 x 9,605; 512 x 131,072) and 256 x 80, bf16 logits,
 # uint8 labels, forward + backward, for triton, cuda, compile, eager, bce: user-visible, host and
 # CUDA-graph device time per row, and the Triton autotuner's choice per case (docs/performance.md).
@@ -77,11 +78,11 @@ step() {
 ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo 9.0)"
 export TORCH_CUDA_ARCH_LIST="$ARCH"
 
-# --- 1. build (75 s; 36 s seen on an H200) ------------------------------------------------------
+# --- 1. build (90 s; 36 s seen on an H200; TORCH_CUDA_ARCH_LIST: machine code for this GPU only) ------------------------------------------------------
 # The extension built in place (the package is imported from the repo root through PYTHONPATH);
 # pip's editable install is only the fallback: on the GPU image it tried to fetch build deps.
 if [ "${DBL_CHECK_BUILD:-1}" = 1 ]; then
-step build 75 bash -c "'$PY' setup.py build_ext --inplace -j 16 \
+step build 90 bash -c "'$PY' setup.py build_ext --inplace -j 16 \
   || '$PY' -m pip install --no-build-isolation --no-deps --no-index -v -e ."
 else
   printf 'build\tskipped\t0\t0\n' >> "$WORK/steps.tsv"
@@ -89,19 +90,40 @@ fi
 "$PY" -c "import dbl_kernels; print('available backends:', dbl_kernels.available_backends())" \
   > "$LOGS/backends.txt" 2>&1
 
-# --- 2. performance first (110 s): the targets and 256 x 80 while nothing else has run ------------
+# --- 2. performance first (150 s): the targets and 256 x 80 while nothing else has run ------------
 # run.py stops starting new cases after --budget-s and writes what it has on SIGTERM too.
-step perf 110 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$PERF_SUITE" --logits-dtypes bf16 \
+step perf 150 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$PERF_SUITE" --logits-dtypes bf16 \
   --labels-dtypes uint8 --modes fwd+bwd --backends "$PERF_BACKENDS" --out "$OUT/perf" \
-  --budget-s 85 --min-time 0.05 --no-progress --short
+  --budget-s 125 --min-time 0.05 --no-progress --short
 
-# --- 3. tests on CUDA (105 s), compute-sanitizer beside them (80 s) ------------------------------
+# --- 2b. the hardware profiler over one training step of each fused kernel (2 x 45 s) -----------
+# 1,048,576 x 80 (a target shape): DRAM bytes, SASS instructions and MUFU per element, issue-slot
+# use, occupancy and warp stalls, to set against static_check's model. Without its extra metrics
+# when this ncu does not know one of them (the sections alone still say most of it).
+NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+if [ -n "$NCU" ] && [ "$DEVICE" = cuda ] && [ "${DBL_CHECK_NCU:-1}" = 1 ]; then
+  NCU_ARGS="$("$PY" benchmarks/ncu_probe.py --ncu-args)"
+  for b in triton cuda; do
+    step "ncu_$b" 45 bash -c "'$NCU' --clock-control none --profile-from-start off -k regex:fused_kernel -c 2 \
+        --csv --page raw --log-file '$LOGS/ncu_$b.csv' $NCU_ARGS '$PY' benchmarks/ncu_probe.py --backend $b \
+      || '$NCU' --clock-control none --profile-from-start off -k regex:fused_kernel -c 2 --csv --page raw \
+        --log-file '$LOGS/ncu_$b.csv' --section ${NCU_ARGS#*--section } '$PY' benchmarks/ncu_probe.py --backend $b"
+    "$PY" benchmarks/ncu_probe.py --summarize "$LOGS/ncu_$b.csv" >> "$LOGS/ncu_summary.txt" 2>&1
+  done
+else
+  echo "ncu not found or not asked for" > "$LOGS/ncu_summary.txt"
+  printf 'ncu\tmissing\t0\t0\n' >> "$WORK/steps.tsv"
+fi
+
+# --- 3. tests on CUDA (105 s), compute-sanitizer beside them (memcheck 80 s, racecheck 40 s) ------------------------------
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)"
 if [ -n "$SAN" ] && [ "$DEVICE" = cuda ]; then
   # The caching allocator would hide out-of-bounds accesses inside its cached blocks.
   ( export PYTORCH_NO_CUDA_MEMORY_CACHING=1
     step sanitizer 80 "$SAN" --tool memcheck --error-exitcode 3 --leak-check no \
-      "$PY" benchmarks/gpu_checks.py sanitize ) &
+      "$PY" benchmarks/gpu_checks.py sanitize
+    step racecheck 40 "$SAN" --tool racecheck --error-exitcode 3 "$PY" benchmarks/gpu_checks.py sanitize --small
+    cat "$LOGS/racecheck.log" >> "$LOGS/sanitizer.log" ) &
   SAN_PID=$!
 else
   echo "compute-sanitizer not found" > "$LOGS/sanitizer.log"
@@ -116,16 +138,20 @@ step tests "${DBL_CHECK_TESTS_S:-105}" "$PY" -m pytest -q -p no:cacheprovider "$
 
 # --- 4. GPU checks: configs vs reference, N*C > 2^31, determinism (65 s; 71 s seen with one fused
 # backend and a 35 s grid budget) ---------------------------------------------------------------
-step checks "${DBL_CHECK_CHECKS_S:-65}" "$PY" benchmarks/gpu_checks.py all --device "$DEVICE" \
+step checks "${DBL_CHECK_CHECKS_S:-65}" "$PY" benchmarks/gpu_checks.py configs,big,determinism --device "$DEVICE" \
   --budget-s "${DBL_CHECK_CONFIG_BUDGET_S:-20}" --big-shape "$BIG" \
   --json "$OUT/gpu_checks.json" --md "$WORK/checks.md"
+# ASL, DB-ASL, per_class and CSR labels against the reference; torch.compile(fullgraph=True) and
+# mode="reduce-overhead" (CUDA graphs) of a training step (50 s)
+step compile 50 "$PY" benchmarks/gpu_checks.py v2,compile --device "$DEVICE" \
+  --json "$WORK/compile.json" --md "$WORK/compile.md"
 
 # --- 4b. host overhead per call at a small (host-bound) shape, each fused backend (15 s) ----------
 step overhead 15 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d; print(\" \".join(x for x in d.available_backends() if x != \"reference\"))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 100 | sed -n 1,8p; done"
 
 # --- 5. wider benchmark: coco, openimages, as far as 30 s go (what is left is recorded as skipped) -
 # To fit the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic).
-step bench 30 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out "$OUT/bench" \
+[ "${DBL_CHECK_BENCH:-1}" = 1 ] && step bench 30 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out "$OUT/bench" \
   --budget-s 18 --min-time 0.05 --static-from 67108864 --no-progress --short
 
 # --- report -------------------------------------------------------------------------------------
@@ -141,9 +167,15 @@ step bench 30 "$PY" benchmarks/run.py --device "$DEVICE" --suite "$SUITES" --out
   echo "tests: $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$LOGS/tests.log" | tail -1)"
   grep -E '^(FAILED|ERROR) ' "$LOGS/tests.log" | head -15
   echo
-  echo "sanitizer: $(grep -E 'ERROR SUMMARY|sanitize:' "$LOGS/sanitizer.log" 2>/dev/null | tr '\n' ' ')"
+  echo "sanitizer: $(grep -E 'SUMMARY|sanitize:' "$LOGS/sanitizer.log" 2>/dev/null | tr '\n' ' ')"
   echo
   cat "$WORK/checks.md" 2>/dev/null || echo "gpu checks: no report (see logs/checks.log)"
+  tail -n +5 "$WORK/compile.md" 2>/dev/null || echo "compile check: no report (see logs/compile.log)"
+  echo
+  echo "## Hardware profile of the main kernel (ncu, 1,048,576 x 80 bf16/uint8, fwd + bwd)"
+  echo '```'
+  cat "$LOGS/ncu_summary.txt" 2>/dev/null | head -60
+  echo '```'
   echo
   echo "## Host overhead (ms per call, 256 x 80)"
   echo '```'

@@ -5,7 +5,9 @@
         configs      every fused backend against the reference on the configuration grid
         big          N*C > 2^31 (bf16 65,537 x 32,768), forward+backward of each fused backend
         determinism  bit-identical loss and gradient over repeated calls
-    python benchmarks/gpu_checks.py configs|big|determinism  one of them
+        v2           ASL, DB-ASL, reduction per_class and CSR labels against the reference
+        compile      torch.compile(fullgraph=True) and mode="reduce-overhead" of a training step
+    python benchmarks/gpu_checks.py configs,big,...   some of them
     python benchmarks/gpu_checks.py sanitize     a small run of the "cuda" backend, for
                                                  `compute-sanitizer --tool memcheck`
     python benchmarks/gpu_checks.py targets RESULTS_JSON   the targets table of a benchmark run
@@ -298,15 +300,113 @@ def check_determinism(device, backends, shapes=None, repeats=3, log=print):
 
 
 # ------------------------------------------------------------------------------------------------
+# Contract v2 on the device: the asymmetric form, per_class, CSR labels
+# ------------------------------------------------------------------------------------------------
+V2_CASES = [("ASL", lambda stats, b, r: dbl_kernels.AsymmetricLoss(gamma_pos=1.0, gamma_neg=4.0, clip=0.05,
+                                                                   backend=b, reduction=r), "mean", False),
+            ("DB-ASL", lambda stats, b, r: DistributionBalancedLoss(stats, gamma_neg=4.0, clip=0.05, backend=b,
+                                                                    reduction=r), "mean", False),
+            ("per_class", lambda stats, b, r: DistributionBalancedLoss(stats, backend=b, reduction=r),
+             "per_class", False),
+            ("CSR", lambda stats, b, r: DistributionBalancedLoss(stats, backend=b, reduction=r), "mean", True),
+            ("CSR by_batch", lambda stats, b, r: DistributionBalancedLoss(stats, weight_norm="by_batch", backend=b,
+                                                                          reduction=r), "sum", True)]
+
+
+def check_v2(device, backends, shapes=((257, 80), (33, 9605)), log=print):
+    """Each v2 feature on each fused backend against the reference (fp32 logits, within 1e-5;
+    a fallback to the reference warns, and counts as a failure here)."""
+    import warnings
+
+    started = time.monotonic()
+    results = []
+    for (n, c), (name, make, reduction, csr) in itertools.product(shapes, V2_CASES):
+        stats = bench_data.stats_for(c)
+        gen = torch.Generator().manual_seed(n * c)
+        dense = bench_data.make_labels(n, c, gen).to(device)
+        x = bench_data.make_logits(n, c, torch.float32, "cpu", gen).to(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch: sparse CSR is beta
+            y = dense.to_sparse_csr() if csr else dense
+        xr = x.clone().requires_grad_(True)
+        want = make(stats, "reference", reduction).to(device)(xr, dense)
+        go = torch.rand(want.shape, device=device) + 0.5 if want.dim() else torch.tensor(0.75, device=device)
+        (want_grad,) = torch.autograd.grad(want, xr, go)
+        for backend in backends:
+            entry = dict(case=name, backend=backend, N=n, C=c)
+            try:
+                xf = x.clone().requires_grad_(True)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("error", message="dbl_kernels")
+                    got = make(stats, backend, reduction).to(device)(xf, y)
+                (got_grad,) = torch.autograd.grad(got, xf, go)
+                entry["rel_err"] = max(rel(got, want), rel(got_grad, want_grad))
+                entry["ok"] = entry["rel_err"] <= 1e-5
+            except Exception as exc:
+                entry.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            if not entry["ok"]:
+                log(f"FAIL v2 {entry}")
+            results.append(entry)
+    return dict(name="v2", ok=bool(results) and all(r["ok"] for r in results), runs=results,
+                seconds=time.monotonic() - started)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile of a training step
+# ------------------------------------------------------------------------------------------------
+def check_compile(device, backends, n=256, c=80, steps=4, log=print):
+    """A linear classifier + the loss, compiled with fullgraph=True and with mode="reduce-overhead"
+    (CUDA graphs on a GPU), against eager on fresh inputs every step: loss and weight gradient."""
+    started = time.monotonic()
+    results = []
+    for backend, mode in itertools.product(backends, ("fullgraph", "reduce-overhead")):
+        entry = dict(backend=backend, mode=mode)
+        try:
+            torch._dynamo.reset()
+            gen = torch.Generator().manual_seed(c)
+            model = torch.nn.Linear(64, c).to(device)
+            loss_fn = DistributionBalancedLoss(bench_data.stats_for(c), backend=backend,
+                                               validate_labels=False).to(device)
+
+            def forward(feat, y):
+                return loss_fn(model(feat), y)
+
+            compiled = torch.compile(forward, fullgraph=True, mode=None if mode == "fullgraph" else mode)
+            worst = 0.0
+            for _ in range(steps):
+                feat = torch.randn(n, 64, generator=gen).to(device)
+                y = bench_data.make_labels(n, c, gen).to(device)
+                model.zero_grad(set_to_none=True)
+                want = forward(feat, y)
+                want.backward()
+                want_grad = model.weight.grad.clone()
+                model.zero_grad(set_to_none=True)
+                got = compiled(feat, y)
+                got.backward()
+                worst = max(worst, abs(float(got.detach()) - float(want.detach())) / abs(float(want.detach())),
+                            rel(model.weight.grad, want_grad))
+            entry.update(worst_rel_err=worst, ok=worst < 1e-5)
+        except Exception as exc:
+            entry.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        if not entry["ok"]:
+            log(f"FAIL compile {entry}")
+        results.append(entry)
+    torch._dynamo.reset()
+    return dict(name="compile", ok=bool(results) and all(r["ok"] for r in results), runs=results,
+                seconds=time.monotonic() - started)
+
+
+# ------------------------------------------------------------------------------------------------
 # A small run for compute-sanitizer
 # ------------------------------------------------------------------------------------------------
-def sanitize_run(device, backend="cuda"):
+def sanitize_run(device, backend="cuda", small=False):
     """Odd shapes, every logits/labels kind, both reductions, with and without gradient; the
-    sanitizer reports out-of-bounds or uninitialised accesses of the kernels it watches."""
+    sanitizer reports out-of-bounds or uninitialised accesses of the kernels it watches. ``small``:
+    two shapes and one kind (racecheck is slow)."""
     runs = 0
-    for (n, c), (ldt, kind), reduction in itertools.product(
-            [(7, 80), (33, 9605), (3, 70001)], [("fp32", "uint8"), ("bf16", "float_soft_unknown"), ("fp16", "bool")],
-            ["mean", "none"]):
+    shapes = [(7, 80), (3, 9605)] if small else [(7, 80), (33, 9605), (3, 70001)]
+    kinds = [("fp32", "uint8"), ("bf16", "float_soft_unknown"), ("fp16", "bool")][:1 if small else 3]
+    for (n, c), (ldt, kind), reduction in itertools.product(shapes, kinds, ["mean", "none"]):
         x, y, weight = make_case_inputs(ldt, kind, n, c, device, runs)
         mod = DistributionBalancedLoss(bench_data.stats_for(c), backend=backend, reduction=reduction,
                                        weight_norm="by_instance" if runs % 2 else None,
@@ -346,6 +446,16 @@ def render(results, device):
         elif r["name"] == "determinism":
             bad = [f"{x['backend']} {x['N']}x{x['C']} {x['reduction']}" for x in r["runs"] if not x["ok"]]
             detail = f"{len(r['runs'])} runs x 3 repeats bit-identical" + (f"; differ: {', '.join(bad)}" if bad else "")
+        elif r["name"] == "v2":
+            bad = [f"{x['backend']} {x['case']} {x['N']}x{x['C']}: {x.get('error') or '%.2g' % x['rel_err']}"
+                   for x in r["runs"] if not x["ok"]]
+            worst = max((x.get("rel_err", 0.0) for x in r["runs"]), default=0.0)
+            detail = f"{len(r['runs'])} runs (ASL, DB-ASL, per_class, CSR), worst rel err {worst:.2g}" + (
+                f"; failed: {'; '.join(bad[:8])}" if bad else "")
+        elif r["name"] == "compile":
+            detail = "; ".join(f"{x['backend']} {x['mode']}: " + (x["error"] if "error" in x else
+                                                                   f"rel err {x['worst_rel_err']:.2g}")
+                               for x in r["runs"])
         else:
             detail = r.get("detail", "")
         if "error" in r:
@@ -365,12 +475,13 @@ def fused_backends(device, names=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=("all", "configs", "big", "determinism", "sanitize", "targets"))
+    p.add_argument("command", help="all, sanitize, targets, or a comma list of configs, big, determinism, v2, compile")
     p.add_argument("results", nargs="?", help="results.json of a benchmark run (targets)")
     p.add_argument("--device", default=None)
     p.add_argument("--backends", default=None, help="comma list of fused backends (default: all available)")
     p.add_argument("--budget-s", type=float, default=30.0, help="time for the configuration grid")
     p.add_argument("--big-shape", default="65537x32768")
+    p.add_argument("--small", action="store_true", help="sanitize: a shorter run (for racecheck)")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     args = p.parse_args(argv)
@@ -385,15 +496,20 @@ def main(argv=None):
         if "cuda" not in backends:
             print("sanitize: no 'cuda' backend here; nothing to check")
             return 0
-        print(f"sanitize: {sanitize_run(device)} runs of the cuda backend finished")
+        print(f"sanitize: {sanitize_run(device, small=args.small)} runs of the cuda backend finished")
         return 0
     if not backends:
         print(f"no fused backend available on {device} (available: {dbl_kernels.available_backends()})")
     n, c = (int(v) for v in args.big_shape.lower().split("x"))
     steps = {"configs": lambda: check_configs(device, backends, args.budget_s),
              "big": lambda: check_big(device, backends, n, c),
-             "determinism": lambda: check_determinism(device, backends)}
-    names = list(steps) if args.command == "all" else [args.command]
+             "determinism": lambda: check_determinism(device, backends),
+             "v2": lambda: check_v2(device, backends),
+             "compile": lambda: check_compile(device, backends)}
+    names = list(steps) if args.command == "all" else args.command.split(",")
+    unknown = [name for name in names if name not in steps]
+    if unknown:
+        p.error(f"unknown check {', '.join(unknown)}: choose all, sanitize, targets or from {', '.join(steps)}")
     results = []
     for name in names:
         try:
