@@ -258,7 +258,8 @@ class _FusedLoss(nn.Module):
         # for a differentiable backward (create_graph=True): the reference, called only then
         reference_loss = None
         if need_grad and eager:
-            dense = labels if csr is None else torch.sparse_csr_tensor(crow, col, labels, size=logits.shape)
+            dense = labels if csr is None else torch.sparse_csr_tensor(  # the caller's own, valid, indices
+                crow, col, labels, size=logits.shape, check_invariants=False)
             reference_loss = (self._reference_loss, (dense, cfg, weight, avg_factor))
         return ops.call(op, tensors, scalars, reference_loss, eager)
 

@@ -134,10 +134,11 @@ def call(op, tensors, scalars, reference_loss=None, eager=None):
     if eager is None:
         eager = is_eager(tensors[0])
     if eager:
+        impl = _EAGER_IMPL.get(op, op)
         if not scalars[-1]:  # need_grad
             with torch._C._AutoDispatchBelowAutograd():  # nothing to differentiate: the kernel alone
-                return op(*tensors, *scalars)[0]
-        return _EagerFused.apply((op, _DEVICE_SCALE.get(op), reference_loss, scalars, tensors), tensors[0])
+                return impl(*tensors, *scalars)[0]
+        return _EagerFused.apply((impl, _DEVICE_SCALE.get(op), reference_loss, scalars, tensors), tensors[0])
     return op(*tensors, *scalars)[0]
 
 
@@ -145,6 +146,10 @@ def call(op, tensors, scalars, reference_loss=None, eager=None):
 # per device type (None: every device), handed down by its backend (register).
 _DEVICE_SCALE = {}
 _FEATURES = {}
+# A Python op's own function, which eager calls run directly: the dispatcher's round trip to a
+# Python kernel (and torch's compile-disable wrapper around it) costs more host time than the rest
+# of a small call.
+_EAGER_IMPL = {}
 # csr_stats: the op finds the row statistics of CSR labels itself (without it the loss hands them
 # down as row_stats, with by_batch's maximum in aux[1]).
 ALL_FEATURES = frozenset({"asymmetric", "per_class", "csr", "csr_stats", "row_stats", "check_labels"})
@@ -182,8 +187,11 @@ def _backward(ctx, grad_loss, _grad_of_grad):
     return (grad * grad_loss,) + (None,) * (ctx.n_inputs - 1)
 
 
-def register(op, device_scale=None, features=ALL_FEATURES):
+def register(op, device_scale=None, features=ALL_FEATURES, eager_impl=None):
     """Attach the shared fake kernel and autograd formula to a fused op (C++ or Triton).
+
+    ``eager_impl``: the function behind a Python op, called directly by eager calls (same
+    arguments and results as ``op``); tracing always records ``op``.
 
     ``device_scale(grad, grad_output)``: the backend's own in-place scale of a CUDA gradient by a
     one-element ``grad_output``, read on the device (a no-op when it is 1.0); None: torch's mul_.
@@ -196,6 +204,8 @@ def register(op, device_scale=None, features=ALL_FEATURES):
         if unknown:
             raise ValueError(f"unknown contract features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}")
     _DEVICE_SCALE[op] = device_scale
+    if eager_impl is not None:
+        _EAGER_IMPL[op] = eager_impl
     _FEATURES[op] = {device: frozenset(names) for device, names in table.items()}
     torch.library.register_fake(op)(fake_fused)
     torch.library.register_autograd(op, _backward, setup_context=_setup_context)

@@ -231,9 +231,9 @@ def test_loss_inside_a_larger_graph(device):
     z0, y = _inputs(device=device)
     grads = []
     for loss_fn in _pair(device):
-        z = z0.detach().clone().to(loss_fn.class_params.device).requires_grad_()
+        z = z0.detach().clone().requires_grad_()  # on device: the modules stay where they were built
         other = (z.sin() ** 2).sum()
-        total = loss_fn(z, y.to(z.device)) * 2 + other
+        total = loss_fn(z, y) * 2 + other
         total.backward()
         grads.append((total.detach().cpu(), z.grad.cpu()))
     _assert_close(*grads)

@@ -367,6 +367,60 @@ def test_autotuned_paths(num_classes):
     for cfg in (dict(), dict(reweight="CB", cb_mode="average_n", reduction="none")):
         _check(stats, z.to(torch.bfloat16), y, tol=1e-2, dtype=torch.bfloat16, **cfg)
         _check(stats, z, y, **cfg)
+    _check(stats, z, y, tol=1e-12, dtype=torch.float64)  # fp64 had no tile config to autotune (H100 run 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_shape_has_tile_configs(dtype):
+    """The autotune set is never empty (triton.autotune would then launch one config without the
+    tile constexprs), and each config keeps to the per-thread and per-block limits of its dtype."""
+    from dbl_kernels.triton_kernel import tuning
+
+    for light in (16, 8, 4):
+        for n_cols in (1, 7, 16, 80, 100, 1000, tuning.one_tile_max_c(dtype)):
+            configs = tuning.row_configs(n_cols, dtype, True, light) + tuning.row_configs(n_cols, dtype, False, light)
+            assert configs, (dtype, light, n_cols)
+            for meta, warps in configs:
+                assert 4 <= warps <= tuning.max_warps(dtype)
+                assert meta["BLOCK_N"] * meta["BLOCK_C"] <= warps * 32 * min(tuning.per_thread(dtype), light)
+        assert tuning.loop_configs(dtype, light)
+
+
+def test_tile_plans_are_cached_per_tiles():
+    """The tile plan of a shape is built once (it costs more host time than a launch); forced test
+    tiles get plans of their own."""
+    from dbl_kernels.triton_kernel import launcher, tuning
+
+    z, y = _inputs(8, 80, "uint8", seed=30)
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton", validate_labels=False)
+    loss_fn(z.float().to(DEV), y.to(DEV))
+    before = launcher._plan.cache_info()
+    loss_fn(z.float().to(DEV), y.to(DEV))
+    after = launcher._plan.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+    with tk._force_tiles(row_tile_elems=128):
+        plan = launcher._plan(80, torch.float32, True, 16, tuning.tiles)
+        assert plan.meta == dict(BLOCK_N=8, BLOCK_C=16) and plan.configs is None
+
+
+def test_eager_calls_skip_the_dispatcher():
+    """Eager calls run the op's function directly (the dispatcher's trip to a Python kernel cost
+    more host time than the rest of a COCO-sized call); the result is the op's to the bit."""
+    from torch.profiler import profile
+
+    z, y = _inputs(16, 80, "uint8", seed=31)
+    loss_fn = DistributionBalancedLoss(COCO, backend="triton", validate_labels=False)
+    leaf = z.float().to(DEV).requires_grad_(True)
+    loss_fn(leaf, y.to(DEV)).backward()
+    with profile() as prof:
+        leaf.grad = None
+        loss = loss_fn(leaf, y.to(DEV))
+        loss.backward()
+    assert not [e.name for e in prof.events() if e.name.startswith("dbl::fused")]
+    params = loss_fn.class_params.float().to(DEV)
+    aux = make_aux(leaf, y.to(DEV), loss_fn.config, loss_fn.spec, loss_fn.class_freq, COCO.train_num)
+    want, want_grad = tk.fused(*ops.op_args(leaf.detach(), y.to(DEV), None, params, aux, loss_fn.spec, True))
+    assert torch.equal(loss.detach(), want) and torch.equal(leaf.grad, want_grad)
 
 
 @pytest.mark.skipif(_INTERPRET, reason="the interpreter runs kernels eagerly, so torch.compile cannot trace them")

@@ -10,6 +10,7 @@ the first call of a specialisation (``launch`` keeps the compiled kernels), and 
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Optional
 
 import torch
@@ -159,12 +160,11 @@ def _launch_compiled(kernel, grid, args, num_warps, device, index):
 _TUNED = {}
 
 
-def autotuned_meta(configs, key, grid, args, eager):
-    """(meta, num_warps) the autotuner picks among ``configs`` for ``key`` (the constexprs, dtypes
-    and N bucket), once per key and device: its first call benchmarks the configs (and launches the
-    best one, which the caller's own launch then repeats with the grid every later call gets).
-    Under tracing: None, the autotuner launched into the graph."""
-    frozen = tuning.freeze(configs)
+def autotuned_meta(frozen, key, grid, args, eager):
+    """(meta, num_warps) the autotuner picks among ``frozen`` configs (tuning.freeze) for ``key``
+    (the constexprs, dtypes and N bucket), once per key and device: its first call benchmarks the
+    configs (and launches the best one, which the caller's own launch then repeats with the grid
+    every later call gets). Under tracing: None, the autotuner launched into the graph."""
     key = (frozen, key, torch.cuda.current_device())
     best = _TUNED.get(key)
     if best is not None:
@@ -249,21 +249,37 @@ def workspace(device, dtype, n_partials, cached):
 # ---------------------------------------------------------------------------------------------
 # The op.
 # ---------------------------------------------------------------------------------------------
-def _plan(n_rows, n_cols, dtype, need_grad, light):
-    """(configs or None, fixed meta or None, wide): the tile choices of this shape, for logits of
-    ``dtype``."""
-    tiles = tuning.tiles
-    if n_cols <= tuning.one_tile_max_c(dtype):
+class _Plan(typing.NamedTuple):
+    configs: Optional[tuple]   # the autotune set [(constexprs, num_warps)], or None with fixed meta
+    frozen: Optional[tuple]    # the same, hashable (tuning.freeze)
+    meta: Optional[dict]       # fixed tile constexprs (tuning.tiles set them), or None
+    wide: bool                 # the column-loop regime
+    widths: tuple              # every BLOCK_C the launch may get
+    min_rows: int              # the fewest rows a tile may hold
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(n_cols, dtype, need_grad, light, tiles):
+    """The tile choices of a row of ``n_cols`` logits of ``dtype`` (``tiles``: tuning.tiles, part
+    of the key so a test's force_tiles gets its own plans). Cached: building the autotune set
+    costs more host time than the launch itself."""
+    configs = meta = None
+    wide = n_cols > tuning.one_tile_max_c(dtype)
+    if not wide:
         if tiles.row_tile_elems is None:
-            return tuning.row_configs(n_cols, dtype, need_grad, light), None, False
-        block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 32 * tuning.vec(dtype))[-1]
-        meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
-        return None, meta, False
-    if tiles.loop_block_c is None:
-        return tuning.loop_configs(dtype, light), None, True
-    meta = dict(BLOCK_N=max(1, (tiles.loop_tile_elems or 2 * tiles.loop_block_c) // tiles.loop_block_c),
-                BLOCK_C=tiles.loop_block_c)
-    return None, meta, True
+            configs = tuning.row_configs(n_cols, dtype, need_grad, light)
+        else:
+            block_c = tiles.row_block_c or tuning.column_tiles(n_cols, 32 * tuning.vec(dtype))[-1]
+            meta = dict(BLOCK_N=max(1, tiles.row_tile_elems // block_c), BLOCK_C=block_c)
+    elif tiles.loop_block_c is None:
+        configs = tuning.loop_configs(dtype, light)
+    else:
+        meta = dict(BLOCK_N=max(1, (tiles.loop_tile_elems or 2 * tiles.loop_block_c) // tiles.loop_block_c),
+                    BLOCK_C=tiles.loop_block_c)
+    if configs is not None:
+        return _Plan(tuple(configs), tuning.freeze(configs), None, wide, tuple(c["BLOCK_C"] for c, _ in configs),
+                     tuning.min_rows(configs))
+    return _Plan(None, None, meta, wide, (meta["BLOCK_C"],), meta["BLOCK_N"])
 
 
 def _fixed_warps(meta, dtype):
@@ -322,12 +338,13 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     opts = options(dtype, map_alpha, map_beta, map_gamma, cb_log_beta, neg_scale, gamma, scale, w_max, gamma_neg,
                    clip, smoothing)
     table = kernel_table(class_params, opts, map_beta, cached)
-    configs, meta, wide = _plan(n_rows, n_cols, logits.dtype, need_grad,
-                                tuning.light(labels.dtype, weight is not None, reweight_mode, asym))
     tiles = tuning.tiles
+    plan = _plan(n_cols, logits.dtype, need_grad, tuning.light(labels.dtype, weight is not None, reweight_mode, asym),
+                 tiles)
+    meta = plan.meta
     split, chunk = 1, n_cols
-    if wide:  # too few row tiles to fill the GPU: split the columns too
-        row_tiles = -(-n_rows // (meta["BLOCK_N"] if meta else tuning.min_rows(configs)))
+    if plan.wide:  # too few row tiles to fill the GPU: split the columns too
+        row_tiles = -(-n_rows // plan.min_rows)
         target = 4 * (_sm(_device_index(device))[0] if device.type == "cuda" else 0)
         split = tiles.split or max(1, min(-(-target // row_tiles), -(-n_cols // tiles.chunk_align)))
         chunk = -(-n_cols // split)
@@ -338,8 +355,7 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stats_mode = STATS_GIVEN
     elif needs_stats:
         stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
-    widths = [c["BLOCK_C"] for c, _ in configs] if meta is None else [meta["BLOCK_C"]]
-    even = all(n_cols % b == 0 and chunk % b == 0 for b in widths)  # no config has a column tail
+    even = all(n_cols % b == 0 and chunk % b == 0 for b in plan.widths)  # no config has a column tail
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode,
@@ -366,16 +382,16 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
 
     if meta is None:
         if INTERPRET:
-            meta, num_warps = configs[0]
+            meta, num_warps = plan.configs[0]
         else:
             key = (tuple(consts.values()), n_cols, logits.dtype, labels.dtype, wt.dtype, tuning.n_bucket(n_rows))
-            picked = autotuned_meta(configs, key, grid, args, eager)
+            picked = autotuned_meta(plan.frozen, key, grid, args, eager)
             if picked is None:  # traced: the autotuner launched it
                 return out, grad
             meta, num_warps = picked
     else:
         meta = dict(meta, ONE_TILE=meta["BLOCK_C"] >= n_cols,
-                    C_TILES=0 if wide or not need_grad else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
+                    C_TILES=0 if plan.wide or not need_grad else tuning.c_tiles(n_cols, meta["BLOCK_C"]))
         num_warps = _fixed_warps(meta, logits.dtype)
     args.update(meta)
     launch(_fused_kernel, grid(meta), args, num_warps, eager)
@@ -406,9 +422,9 @@ def scale_grad(grad, grad_output):
         grad.mul_(grad_output)
         return
     n = grad.numel()
-    blocks = triton.cdiv(n, tuning.SCALE_BLOCK)
+    blocks = -(-n // tuning.SCALE_BLOCK)
     programs = min(blocks, max_programs(grad.device) if grad.is_cuda else 4)
-    iters = triton.cdiv(blocks, programs)
+    iters = -(-blocks // programs)
     launch(_scale_kernel, (programs,), dict(g_ptr=grad, go_ptr=grad_output, n=n, iters=iters,
                                             BLOCK=tuning.SCALE_BLOCK), 4, is_eager(grad))
 
@@ -444,4 +460,5 @@ if _wrap is not None:
     fused = torch.library.triton_op("dbl::fused_triton", _fused_v2, mutates_args=())
 else:
     fused = torch.library.custom_op("dbl::fused_triton", _fused_v2, mutates_args=())
-ops.register(fused, device_scale=scale_grad, features=frozenset({"asymmetric", "per_class", "csr", "row_stats"}))
+ops.register(fused, device_scale=scale_grad, features=frozenset({"asymmetric", "per_class", "csr", "row_stats"}),
+             eager_impl=_fused_v2)

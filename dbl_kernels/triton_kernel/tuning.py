@@ -67,13 +67,19 @@ def _padding(n_cols, block_c):
     return (-(-n_cols // block_c) * block_c - n_cols) / n_cols
 
 
+def next_pow2(n):
+    """The smallest power of two >= n (>= 1), on the host: triton.next_power_of_2 is a constexpr
+    function in recent Tritons, about 10 us a call from Python, several per launch."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def column_tiles(n_cols, widest):
     """BLOCK_C candidates: powers of two from 16 to ``widest`` that pad C by at most MAX_PADDING
     (the least padding if none does)."""
     cands = [1 << k for k in range(4, max(4, (widest - 1).bit_length()) + 1)]
     if n_cols < 16:
-        return [triton.next_power_of_2(n_cols)]
-    cands = [b for b in cands if b <= max(16, triton.next_power_of_2(n_cols))]
+        return [next_pow2(n_cols)]
+    cands = [b for b in cands if b <= max(16, next_pow2(n_cols))]
     fits = [b for b in cands if _padding(n_cols, b) <= MAX_PADDING]
     return fits or [min(cands, key=lambda b: (_padding(n_cols, b), -b))]
 
@@ -97,12 +103,13 @@ def row_configs(n_cols, dtype, unroll=True, light=16):
     gradient stores to pace them, unrolled loads all hoist to the top and take every register, so
     the loss-only kernels loop. ``light``: the cap of light()."""
     pt, most = min(per_thread(dtype), light), _most_warps(dtype, light)
+    cap = most * 32 * pt  # elements a tile may hold (fp64: 256, smaller than every _ROW_TILES entry)
     configs = {}
     for b in column_tiles(n_cols, 32 * vec(dtype))[-1:]:  # the widest: fewest passes over a row
         for t, w in _ROW_TILES:
-            t = max(t, b)
-            w = max(w, t // (32 * pt))
-            if w <= most and t <= most * 32 * pt:
+            t = max(min(t, cap), b)
+            w = min(most, max(w, t // (32 * pt)))
+            if t <= cap:
                 configs[(t // b, b, w)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=b >= n_cols, C_TILES=c_tiles(n_cols, b) if unroll else 0), w)
             for n, b, w in configs]
@@ -141,13 +148,15 @@ def min_rows(configs):
 
 def n_bucket(n_rows):
     """The autotuner's key for the batch size: next power of two, capped (large N all tune alike)."""
-    return min(triton.next_power_of_2(max(n_rows, 1)), 1 << 16)
+    return min(next_pow2(max(n_rows, 1)), 1 << 16)
 
 
 @functools.lru_cache(maxsize=None)
 def autotuner(configs, bucket):
     """One autotuner per config set and N bucket (each keeps its own cache of best configs)."""
     del bucket  # part of the cache key only
+    if not configs:  # triton.autotune would run one config without the tile constexprs
+        raise RuntimeError("dbl_kernels: no tile configuration for this launch (a bug: please report it)")
     return triton.autotune([triton.Config(dict(c), num_warps=w) for c, w in configs], key=_KEY)(_fused_kernel)
 
 
@@ -155,7 +164,7 @@ def freeze(configs):
     return tuple((tuple(sorted(c.items())), w) for c, w in configs)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Tiles:
     """Fixed tiles instead of autotuning (always in the interpreter); tests shrink them to reach
     the column loop, its tail, the split and the persistent loop on tiny inputs."""
