@@ -27,12 +27,14 @@ excluded) and the straight-line code (outside every loop, amortised over the pro
 docstring for the rules (branches, ``BSSY``/``BSYNC``, calls, jump tables, the padding after the
 last ``EXIT``). A model per kernel gives each loop's trip count per warp and the elements per warp:
 
-* Triton ``_fused_kernel`` (from its constexprs and the problem: C = 80 or 8192, many rows, so no
-  column split): one row tile of ``BLOCK_N`` rows per program (the costliest case per element: a
-  program's straight-line code and the last program's sum over the partials are charged to one
-  tile), ``BLOCK_N * C / num_warps`` elements per warp. Loops: the persistent row-tile loop (1 trip);
-  inside it, unless the row is one tile (``ONE_TILE``) or unrolled (``C_TILES``), the statistics loop
-  (``STATS`` inline, ``C / (kernels.stats_width() BLOCK_C)`` trips) and the loss loop (``C / BLOCK_C``); then the sum
+* Triton ``_fused_kernel`` (from its constexprs and the problem: C = 80 or 8192 with the targets'
+  N = 1,048,576 or 8,192 rows, so no column split): the persistent grid of an H100/H200 (132 SMs x the
+  programs that fit by the kernel's registers and warps) shares the row tiles, so each program
+  runs ceil(tiles / programs) of them and its straight-line code spreads over those (one tile per
+  program, the costliest case, where the registers are unknown), ``tiles * BLOCK_N * C / num_warps``
+  elements per warp. Loops: the persistent row-tile loop; inside it, unless the row is one tile
+  (``ONE_TILE``) or unrolled (``C_TILES``), the statistics loop (``STATS`` inline,
+  ``C / (kernels.stats_width() BLOCK_C)`` trips a tile) and the loss loop (``C / BLOCK_C``); then the sum
   over the partials (1 trip). Where C is a multiple of the tile widths the masked tails (the blocks
   with guarded loads) never run and are off the counted path. Another loop structure is reported as
   a model mismatch.
@@ -297,7 +299,7 @@ def _read_batch(job):
               spec.get("wide_loads", False))
         if row.main_path:
             budget(row, walk(sass_cfg.analyse(instrs, cold=_tail_loads if _dead_tails(spec) else None),
-                             *triton_model(spec)), BUDGET["triton"])
+                             *triton_model(spec, row.regs)), BUDGET["triton"])
         rows.append((index, row))
     return rows
 

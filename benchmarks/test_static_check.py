@@ -352,12 +352,22 @@ def test_triton_model_and_budget():
     trips, per_warp, _ = static_check.triton_model(spec)
     assert trips == [1, 1] and per_warp == 64 * 80 / 4
     assert not static_check._dead_tails(spec)
+    # the targets' batch on an H100: 2^20 / 64 row tiles over 132 SMs x 4 blocks (113 registers, 120
+    # allocated, x 32 lanes x 4 warps: 15,360 of 65,536) = 32 tiles a program; the last program's sum
+    # stays one trip
+    spec["problem"]["N"] = 1 << 20
+    trips, per_warp, note = static_check.triton_model(spec, regs=113)
+    assert trips == [32, 1] and per_warp == 32 * 64 * 80 / 4 and "32 row tile(s) a program" in note
+    assert static_check.triton_model(spec)[0] == [1, 1]  # registers unknown: one tile, the costliest
     # the column loop of C = 8192: statistics over 2 x 1024 labels a trip, loss over 1024 columns
     spec = dict(constexprs=dict(ONE_TILE=False, BLOCK_C=1024, BLOCK_N=2, C_TILES=0, STATS=1, REDUCE_NONE=False,
                                 REWEIGHT=1),
                 options=dict(num_warps=4), problem=dict(C=8192))
     assert static_check.triton_model(spec)[:2] == ([1, 4, 8, 1], 2 * 8192 / 4)
     assert static_check._dead_tails(spec)
+    spec["problem"]["N"] = 8192  # 4,096 row tiles over 132 x 8 programs (64 registers, 4 warps): 4 each
+    assert static_check.triton_model(spec, regs=64)[:2] == ([4, 16, 32, 1], 4 * 2 * 8192 / 4)
+    del spec["problem"]["N"]
     spec["constexprs"].update(REWEIGHT=3)  # CB average_w: two accumulators, statistics tiles 1024 wide
     assert static_check.triton_model(spec)[0] == [1, 8, 8, 1]
     spec["constexprs"].update(STATS=0)

@@ -47,6 +47,8 @@ MAIN_LOSSES = {
 MAIN_LOGITS = (torch.bfloat16, torch.float16, torch.float32)
 MAIN_LABELS = (torch.uint8, torch.bool)
 MAIN_C = (80, 8192)  # COCO's 80 classes (many rows per tile), and a wide row (the column loop)
+# The batch of each main-path shape: the bandwidth targets' N*C >= 2^26 (1,048,576 x 80, 8,192 x 8,192)
+MAIN_N = {80: 1 << 20, 8192: 8192}
 _INTS = ("N", "C", "stride_z", "stride_y", "stride_wn", "stride_wc", "chunk", "stats_split")
 _FLOATS = OPTIONS
 _ALIGNED = ("C", "stride_z", "stride_y", "chunk")  # what the runtime sees for C % 16 == 0, contiguous rows
@@ -118,7 +120,7 @@ def _main_variants(quick):
             yield _spec_dict(_fused_kernel, f"{regime}-{_tag(zd, yd, None, axes)}-C{n_cols}-{_tile_name(c, w)}",
                              _fused_types(zd, yd, None), dict(base, EVEN_C=n_cols % c["BLOCK_C"] == 0, **c), w, True,
                              _MAIN_ALIGNED,
-                             problem=dict(loss=loss, C=n_cols), wide_loads=True)
+                             problem=dict(loss=loss, C=n_cols, N=MAIN_N[n_cols]), wide_loads=True)
 
 
 def _fused_variants(zd, yd, wd, axes, block_cs, all_configs, stats_modes=None, wide_loads=False):

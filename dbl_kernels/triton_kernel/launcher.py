@@ -62,8 +62,7 @@ def programs_cap(device, num_warps, n_regs=None):
     sms, regs, threads = _sm(_device_index(device))
     if n_regs is None:
         return sms * max(1, 16 // num_warps)
-    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # registers are allocated per warp, 256 at a time
-    return sms * max(1, min(regs // (per_warp * num_warps), threads // (32 * num_warps), 32))
+    return sms * tuning.blocks_per_sm(n_regs, num_warps, regs, threads)
 
 
 class Persistent:

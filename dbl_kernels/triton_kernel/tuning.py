@@ -67,6 +67,13 @@ def _padding(n_cols, block_c):
     return (-(-n_cols // block_c) * block_c - n_cols) / n_cols
 
 
+def blocks_per_sm(n_regs, num_warps, regs_per_sm=65536, threads_per_sm=2048):
+    """Programs of ``num_warps`` warps and ``n_regs`` registers a thread that fit on one SM at once
+    (registers are allocated per warp, 256 at a time; at most 32 blocks an SM)."""
+    per_warp = -(-max(n_regs, 1) * 32 // 256) * 256
+    return max(1, min(regs_per_sm // (per_warp * num_warps), threads_per_sm // (32 * num_warps), 32))
+
+
 def next_pow2(n):
     """The smallest power of two >= n (>= 1), on the host: triton.next_power_of_2 is a constexpr
     function in recent Tritons, about 10 us a call from Python, several per launch."""
