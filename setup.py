@@ -3,6 +3,8 @@
 Builds the C++ extension ``dbl_kernels._C`` (CPU kernel), with the CUDA kernel too when torch has
 CUDA and nvcc is found (``USE_CUDA=0`` skips it). Without torch at build time this stops with an
 error that says how to install; ``DBL_NO_EXTENSION=1`` installs pure Python (reference + Triton).
+``DBL_NO_EMULATE=1`` leaves out the CPU emulation of the CUDA kernel (``dbl::_cuda_emulate``, for tests
+on machines without a GPU; its tests then skip): what benchmarks/device_check.sh builds on a GPU.
 """
 import glob
 import os
@@ -68,6 +70,8 @@ except ImportError as exc:
 if torch is not None and not NO_EXTENSION:
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    if os.environ.get("DBL_NO_EMULATE", "0") == "1":  # the CUDA kernel's CPU emulation (tests only):
+        sources.remove(os.path.join("csrc", "dbl_emulate.cpp"))  # the slowest object (~140 s on a GPU host)
     headers = sorted(glob.glob(os.path.join("csrc", "*.h")))  # rebuild when the shared math changes
     use_cuda = (os.environ.get("USE_CUDA", "1") != "0" and torch.version.cuda is not None
                 and cpp_extension.CUDA_HOME is not None)

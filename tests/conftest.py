@@ -82,6 +82,14 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def cuda_emulate(*args):
+    """dbl::_cuda_emulate (the CUDA kernel run on the CPU), or a skip where the extension was built
+    without it (DBL_NO_EMULATE=1: device builds, where the real kernel runs)."""
+    if not hasattr(torch.ops.dbl, "_cuda_emulate"):
+        pytest.skip("the extension was built without the CUDA emulation (DBL_NO_EMULATE=1)")
+    return torch.ops.dbl._cuda_emulate(*args)
+
+
 # -- DBL_REQUIRE: a missing backend fails instead of skipping ---------------------------------------
 _HOW_TO_GET = {
     "cpu": "build the C++ extension (`pip install --no-build-isolation -e .`)",

@@ -27,6 +27,7 @@ import dbl_kernels as dk
 from dbl_kernels import ops
 from dbl_kernels._spec import make_aux
 
+from conftest import cuda_emulate
 from test_cpp_backend import FOCALS, NTRS, REWEIGHTS, TOL, _inputs, _nvcc, _stats, cpp_ops, needs_ext, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def _emulate(c, cfg, z, y, weight=None, err=0, need_grad=True, avg_factor=None, 
         aux[1] = aux_batch
     params = mod._params(torch.float64 if z.dtype == torch.float64 else torch.float32)
     w = None if weight is None else weight.expand(z.shape)
-    loss, grad, plan = torch.ops.dbl._cuda_emulate(*ops.op_args(z, y, w, params, aux, mod.spec, need_grad), err)
+    loss, grad, plan = cuda_emulate(*ops.op_args(z, y, w, params, aux, mod.spec, need_grad), err)
     return loss, grad, plan.tolist()
 
 

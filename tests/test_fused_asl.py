@@ -13,6 +13,7 @@ from dbl_kernels import loss as loss_module
 from dbl_kernels import ops, reference
 from dbl_kernels._spec import REDUCTIONS, make_aux
 
+from conftest import cuda_emulate
 from test_cpp_backend import _stats, cpp_ops, needs_ext
 
 pytestmark = needs_ext
@@ -101,7 +102,7 @@ def _op_args(module, z, y, weight=None, reduction=None, need_grad=True):
 
 
 def _emulated(module, z, y, weight=None, reduction=None, err=0):
-    loss, grad, _ = torch.ops.dbl._cuda_emulate(*_op_args(module, z, y, weight, reduction), err)
+    loss, grad, _ = cuda_emulate(*_op_args(module, z, y, weight, reduction), err)
     return loss, grad
 
 

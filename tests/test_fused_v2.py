@@ -11,6 +11,7 @@ import dbl_kernels as dk
 from dbl_kernels import backends, ops, reference
 from dbl_kernels._spec import MODE_CHECK_LABELS, REDUCTION_NONE, REDUCTION_PER_CLASS, REDUCTION_SUM, make_aux
 
+from conftest import cuda_emulate
 from test_cpp_backend import REWEIGHTS, _inputs, _stats, cpp_ops, needs_ext
 
 pytestmark = needs_ext
@@ -102,13 +103,22 @@ def test_the_loss_skips_its_python_check_for_the_cpu_op(monkeypatch):
     assert not hasattr(torch.ops.dbl, "_labels_between")  # superseded by the in-pass check
 
 
+def test_an_extension_without_the_emulation_skips_its_tests(monkeypatch):
+    """DBL_NO_EMULATE=1 builds (device runs) have no dbl::_cuda_emulate: its tests skip, not fail."""
+    import types
+
+    monkeypatch.setattr(torch.ops, "dbl", types.SimpleNamespace())
+    with pytest.raises(pytest.skip.Exception, match="DBL_NO_EMULATE"):
+        cuda_emulate()
+
+
 def test_cuda_emulation_refuses_check_labels():
     mod = dk.DistributionBalancedLoss(_stats(20))
     z, y = _inputs(4, 20)
     args = _op_args(mod, z, y)
     assert args[ops.OP_ARG_NAMES.index("modes")][MODE_CHECK_LABELS] == 1
     with pytest.raises(RuntimeError, match="check_labels"):
-        torch.ops.dbl._cuda_emulate(*args, 0)
+        cuda_emulate(*args, 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +135,7 @@ def _sliced(op, mod, z, y, c0, c1, reduction, emulate=False):
     params = mod._params(torch.float32)[:, c0:c1].contiguous()
     args = ops.op_args(z[:, c0:c1], y[:, c0:c1], None, params, aux, mod.spec, True, reduction, row_stats=row_stats)
     if emulate:
-        return torch.ops.dbl._cuda_emulate(*args, 1)[:2]
+        return cuda_emulate(*args, 1)[:2]
     return op(*args)
 
 
@@ -289,11 +299,11 @@ def test_csr_labels_on_the_cuda_kernel_emulated(reweight):
         args = ops.op_args(z, sparse.values(), None, params, aux, mod.spec, True, reduction, row_stats=row_stats,
                            csr=(sparse.crow_indices(), sparse.col_indices()))
         for err in (1, -1):
-            loss, grad, _ = torch.ops.dbl._cuda_emulate(*args, err)
+            loss, grad, _ = cuda_emulate(*args, err)
             _close(loss, want[0])
             _close(grad, want[1])
             # sparse and dense labels on the same kernel: within 1e-6
-            dense_loss, dense_grad, _ = torch.ops.dbl._cuda_emulate(*dense_args, err)
+            dense_loss, dense_grad, _ = cuda_emulate(*dense_args, err)
             _close(loss, dense_loss, 1e-6)
             _close(grad, dense_grad, 1e-6)
 
@@ -304,4 +314,4 @@ def test_csr_on_the_cuda_kernel_needs_row_stats():
     args = ops.op_args(torch.randn(4, 20), sparse.values(), None, mod._params(torch.float32), torch.ones(2), mod.spec,
                        True, REDUCTION_SUM, csr=(sparse.crow_indices(), sparse.col_indices()))
     with pytest.raises(ValueError, match="need row_stats"):
-        torch.ops.dbl._cuda_emulate(*args, 0)
+        cuda_emulate(*args, 0)
