@@ -157,7 +157,7 @@ step compile 80 "$PY" benchmarks/gpu_checks.py compile --device "$DEVICE" \
 
 # --- 4b. host overhead per call at a small (host-bound) shape, each fused backend of the device
 # with the profiler's top ops (40 s; the first call of each compiles and autotunes) -----------------
-step overhead 40 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d, torch; print(\" \".join(x for x in d.available_backends() if x != \"reference\" and (x != \"cpu\" or \"$DEVICE\" == \"cpu\")))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 50 | head -40; done"
+step overhead 40 bash -c "for b in \$('$PY' -c 'import dbl_kernels as d, torch; print(\" \".join(x for x in d.available_backends() if x != \"reference\" and (x != \"cpu\" or \"$DEVICE\" == \"cpu\")))'); do '$PY' benchmarks/overhead.py --device '$DEVICE' --backend \$b --n 256 --c 80 --reps 50 --python-profile 200 | head -75; done"
 
 # --- 5. wider benchmark: coco, openimages, as far as 30 s go (what is left is recorded as skipped) -
 # To fit the budget torch.compile gets one graph per C and dtypes (batch dimension dynamic).

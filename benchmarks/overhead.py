@@ -7,7 +7,8 @@ that a training step pays on top of the kernel. Prints ms per call for: the forw
 no_grad, the forward with grad, forward + ``loss.backward()`` (as a training step: ``x.grad = None``
 first), BCE-with-logits forward + backward on the same tensors, the raw fused op, and the device-side
 scale of the gradient; then the profiler's ops sorted
-by self CPU time for forward + backward.
+by self CPU time for forward + backward, and with ``--python-profile CALLS`` the Python functions
+by their own time (cProfile).
 """
 import argparse
 import time
@@ -39,6 +40,9 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--c", type=int, default=80)
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--python-profile", type=int, default=0, metavar="CALLS",
+                        help="also cProfile this many forward + backward calls (top functions by own time)")
+    parser.add_argument("--python-rows", type=int, default=20)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     loss_fn = dk.DistributionBalancedLoss.from_preset("coco-mlt", backend=args.backend).to(device)
@@ -89,6 +93,14 @@ def main(argv=None):
         for _ in range(20):
             fwd_bwd()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60))
+    if args.python_profile:  # the Python functions behind the host time (the op table hides them)
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [fwd_bwd() for _ in range(args.python_profile)])
+        print(f"Python functions by own time over {args.python_profile} forward + backward calls:")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.python_rows)
 
 
 if __name__ == "__main__":

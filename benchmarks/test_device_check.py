@@ -85,3 +85,14 @@ def test_device_check_runs_the_chosen_steps(tmp_path):
     report = (tmp_path / "out" / "device_check.md").read_text()
     assert "| v2 | 0 |" in report and "| perf | skipped |" in report and "| tests | skipped |" in report
     assert "| v2 | pass |" in report
+
+
+@needs_cpu_op
+def test_overhead_script_profiles_the_python_side():
+    out = subprocess.run([sys.executable, str(HERE / "overhead.py"), "--device", "cpu", "--backend", "cpu",
+                          "--n", "8", "--reps", "3", "--python-profile", "5", "--python-rows", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "forward + backward" in out.stdout and "bce forward + backward" in out.stdout
+    assert "Python functions by own time over 5 forward + backward calls" in out.stdout
+    assert "ncalls  tottime" in out.stdout
