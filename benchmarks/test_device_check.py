@@ -78,13 +78,13 @@ def test_device_check_runs_the_chosen_steps(tmp_path):
     """The script's plumbing on the CPU: only the steps named in DBL_CHECK_STEPS run, the others are
     listed as skipped, and the report is written."""
     env = dict(os.environ, DBL_CHECK_DEVICE="cpu", DBL_CHECK_BUILD="0", DBL_CHECK_BENCH="0", DBL_REQUIRE="cpu",
-               DBL_CHECK_STEPS="v2", OUT=str(tmp_path / "out"), PYTHON=sys.executable)
+               DBL_CHECK_STEPS="overhead", OUT=str(tmp_path / "out"), PYTHON=sys.executable)
     out = subprocess.run(["bash", str(HERE / "device_check.sh")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = (tmp_path / "out" / "device_check.md").read_text()
-    assert "| v2 | 0 |" in report and "| perf | skipped |" in report and "| tests | skipped |" in report
-    assert "| v2 | pass |" in report
+    assert "| overhead | 0 |" in report and "| perf | skipped |" in report and "| v2 | skipped |" in report
+    assert "backend cpu on cpu, 256 x 80" in report and "bce forward + backward" in report
 
 
 @needs_cpu_op

@@ -386,6 +386,23 @@ def test_every_shape_has_tile_configs(dtype):
         assert tuning.loop_configs(dtype, light)
 
 
+@pytest.mark.skipif(not _INTERPRET, reason="the interpreter runs the autotune set's first config")
+@pytest.mark.parametrize("num_classes", [80, 100])
+def test_fp64_autotune_config_against_the_reference(num_classes):
+    """The fp64 narrow-row config the autotuner gets on a GPU (16 rows x 16 columns unrolled at
+    C = 80; at C = 100 the column loop with its masked tail), run by the interpreter: within fp64
+    rounding of the reference, with and without a weight tensor."""
+    from dbl_kernels.triton_kernel import tuning
+
+    stats = _stats(num_classes, seed=7)
+    z, y = _inputs(37, num_classes, "partial", seed=32)
+    weight = torch.rand(37, num_classes, dtype=torch.float64) + 0.5
+    with tk._force_tiles(row_tile_elems=None):
+        assert tuning.tiles.row_tile_elems is None
+        for w, cfg in ((None, dict()), (weight, dict(reweight="CB", cb_mode="average_n", reduction="none"))):
+            _check(stats, z, y, w, tol=1e-12, dtype=torch.float64, **cfg)
+
+
 def test_tile_plans_are_cached_per_tiles():
     """The tile plan of a shape is built once (it costs more host time than a launch); forced test
     tiles get plans of their own."""
