@@ -106,6 +106,12 @@ def make_case_inputs(ldt, kind, n, c, device, seed):
     return x.to(device), y.to(device), None if weight is None else weight.to(device)
 
 
+def _error(exc):
+    """An exception in one line for the reports: its type and the first line of its message."""
+    first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
+
+
 def rel(a, b):
     """max |a - b| / max |b| with one rounding step of b's dtype forgiven per element (fp16
     gradients of a mean over many elements are subnormal, where one step is a large relative
@@ -165,8 +171,7 @@ def check_configs(device, backends, budget_s, log=print):
                 try:
                     err, problems = compare_one(backend, cfg, inputs, stats_cache[c], device, i < n_core)
                 except Exception as exc:
-                    first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
-                    err, problems = math.inf, [f"{type(exc).__name__}: {first_line}"]
+                    err, problems = math.inf, [_error(exc)]
                 ok = err <= TOLERANCE[ldt] and not problems
                 entry = dict(backend=backend, config=cfg, logits=ldt, labels=kind, N=n, C=c, rel_err=err,
                              weight=["none", "per-class", "per-element"][seed % 3], ok=ok, problems=problems)
@@ -247,7 +252,7 @@ def check_big(device, backends, n=65537, c=32768, rows=None, log=print):
             entry["ok"] = (entry["loss_rel_err"] < 1e-4 and entry["mean_rel_err"] < 1e-4
                            and entry["grad_rel_err"] <= TOLERANCE["bf16"] and entry["grad_finite"])
         except Exception as exc:
-            entry.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            entry.update(ok=False, error=_error(exc))
         if not entry["ok"]:
             log(f"FAIL big {backend}: {entry}")
         out["backends"][backend] = entry
@@ -343,7 +348,7 @@ def check_v2(device, backends, shapes=((257, 80), (33, 9605)), log=print):
                 entry["rel_err"] = max(rel(got, want), rel(got_grad, want_grad))
                 entry["ok"] = entry["rel_err"] <= 1e-5
             except Exception as exc:
-                entry.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+                entry.update(ok=False, error=_error(exc))
             if not entry["ok"]:
                 log(f"FAIL v2 {entry}")
             results.append(entry)
@@ -383,11 +388,10 @@ def check_compile(device, backends, n=256, c=80, steps=4, log=print):
                 model.zero_grad(set_to_none=True)
                 got = compiled(feat, y)
                 got.backward()
-                worst = max(worst, abs(float(got.detach()) - float(want.detach())) / abs(float(want.detach())),
-                            rel(model.weight.grad, want_grad))
+                worst = max(worst, rel(got, want), rel(model.weight.grad, want_grad))
             entry.update(worst_rel_err=worst, ok=worst < 1e-5)
         except Exception as exc:
-            entry.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            entry.update(ok=False, error=_error(exc))
         if not entry["ok"]:
             log(f"FAIL compile {entry}")
         results.append(entry)
