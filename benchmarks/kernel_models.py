@@ -103,19 +103,27 @@ def _dead_tails(spec):
     return n_cols % ce["BLOCK_C"] == 0 and (ce["STATS"] != STATS_INLINE or n_cols % stats_c == 0)
 
 
-# csrc/dbl_plan.h: kThreads, kRounds, kVec, kMaxRows, kMaxBlocks, kTargetItems
-_THREADS, _ROUNDS, _VEC, _MAX_ROWS, _MAX_BLOCKS, _TARGET_ITEMS = 256, 8, 8, 256, 4096, 512
-CUDA_N = 4096  # the batch the CUDA figures are for (the plan's chunk size depends on N)
+# csrc/dbl_plan.h: kThreads, kRounds, kVec, kMaxRows, kTargetItems, blocks_per_sm (fp32 compute)
+_THREADS, _ROUNDS, _VEC, _MAX_ROWS, _TARGET_ITEMS, _CUDA_BLOCKS_PER_SM = 256, 8, 8, 256, 512, 3
 
 
-def cuda_geometry(n_rows, n_cols):
-    """rows_geometry of csrc/dbl_plan.h for the vector paths (fp32 compute): dict of rounds, rows,
-    chunks, items, blocks, G (threads per row in the statistics tree)."""
-    vpr, slots = _cdiv(n_cols, _VEC), _THREADS * _ROUNDS
+def cuda_main_n(n_cols):
+    """The batch of the CUDA figures at ``n_cols``: the bandwidth targets' N (aot.MAIN_N, shared
+    with the Triton model: 1,048,576 x 80, 8,192 x 8,192)."""
+    from dbl_kernels.triton_kernel.aot import MAIN_N
+
+    return MAIN_N[n_cols]
+
+
+def cuda_geometry(n_rows, n_cols, sms=SMS):
+    """rows_geometry of csrc/dbl_plan.h for the vector paths (fp32 compute) on a device of ``sms``
+    SMs (the grid: the blocks resident at once, dbl_cuda.cu): dict of rounds, rows, chunks, items,
+    blocks, G (threads per row in the statistics tree)."""
+    vpr, slots, max_blocks = _cdiv(n_cols, _VEC), _THREADS * _ROUNDS, sms * _CUDA_BLOCKS_PER_SM
     if vpr > slots:  # one row per item in full chunks
         items = n_rows
         return dict(vpr=vpr, rounds=_ROUNDS, rows=1, chunks=_cdiv(vpr, slots), items=items,
-                    blocks=min(items, _MAX_BLOCKS), G=_THREADS)
+                    blocks=min(items, max_blocks), G=_THREADS)
     rounds = min(max(_cdiv(n_rows * vpr, _TARGET_ITEMS * _THREADS), 1), _ROUNDS)
     if rounds * _THREADS < vpr:
         rounds = _cdiv(vpr, _THREADS)
@@ -128,7 +136,7 @@ def cuda_geometry(n_rows, n_cols):
             group //= 2
     items = _cdiv(n_rows, rows)
     return dict(vpr=vpr, rounds=_cdiv(rows * vpr, _THREADS), rows=rows, chunks=1, items=items,
-                blocks=min(items, _MAX_BLOCKS), G=group)
+                blocks=min(items, max_blocks), G=group)
 
 
 def _cuda_roles(cost, item):
@@ -163,21 +171,26 @@ def _cuda_roles(cost, item):
 
 
 def cuda_model(stats):
-    """The model of a vector-path fused_kernel (dbl_block.h) for C columns and CUDA_N rows:
-    ``stats``: the path computes row statistics in the block (DB-focal, CB-focal). Trip counts per
-    warp from cuda_geometry: the item loop (items per block), inside it the statistics rounds,
-    the row tree (ceil(vpr / G) partials per lane, log2 G halving steps), the element rounds; the
-    last block's loop over the block partials (16 per trip unrolled, then one per trip). Where the
-    kernel holds two item loops (CB: a row max or a row sum, picked at run time), the costlier."""
-    def model(cost, n_cols):
-        g = cuda_geometry(CUDA_N, n_cols)
-        if g["chunks"] > 1 or g["G"] == 1:
-            return Estimate(problems=[f"C={n_cols}: chunked rows or G = 1 are not modelled: extend cuda_model"])
+    """The model of a vector-path fused_kernel (dbl_block.h) for C columns and cuda_main_n(C) rows
+    on an H100/H200 (SMS): ``stats``: the path computes row statistics in the block (DB-focal,
+    CB-focal). Trip counts per warp from cuda_geometry: the item loop (items per block: the grid is
+    the resident blocks), inside it the statistics rounds, the row tree (ceil(vpr / G) partials per
+    lane, log2 G halving steps; G = 1: one thread per row adds the row's vpr partials), the element
+    rounds; the last block's loop over the block partials (16 per trip unrolled, then one per
+    trip). Where the kernel holds two item loops (CB: a row max or a row sum, picked at run time),
+    the costlier."""
+    def model(cost, n_cols, n_rows=None):
+        n_rows = n_rows or cuda_main_n(n_cols)
+        g = cuda_geometry(n_rows, n_cols)
+        if g["chunks"] > 1:
+            return Estimate(problems=[f"C={n_cols}: chunked rows are not modelled: extend cuda_model"])
         per_item = _cdiv(g["items"], g["blocks"])
         partials = _cdiv(g["blocks"], _THREADS)
-        want = dict(element=g["rounds"], element_chunks=1, tree_lanes=_cdiv(g["vpr"], g["G"]) if stats else 0,
+        g1 = stats and g["G"] == 1  # one thread per row sums the row's partials
+        want = dict(element=g["rounds"], element_chunks=1,
+                    tree_lanes=_cdiv(g["vpr"], g["G"]) if stats and not g1 else 0,
                     tree_halves=g["G"].bit_length() - 1 if stats else 0, stats_rounds=g["rounds"] if stats else 0,
-                    finish=0 if stats else 1)
+                    tree_g1_rows=1 if g1 else 0, tree_g1_lanes=g["vpr"] if g1 else 0, finish=0 if stats else 1)
         items = [i for i, lp in enumerate(cost.loops) if lp.parent is None and lp.children]
         best = None
         for item in items:
@@ -196,7 +209,7 @@ def cuda_model(stats):
                 else:
                     trips.append(0)
             est = walk(cost, trips, per_item * g["rows"] * n_cols / (_THREADS // 32),
-                       f"N={CUDA_N}: {g['rows']} rows x {g['rounds']} round(s) per item, G={g['G']}, "
+                       f"N={n_rows}: {g['rows']} rows x {g['rounds']} round(s) per item, G={g['G']}, "
                        f"{per_item} item(s) per block")
             if best is None or est.sass > best.sass:
                 best = est

@@ -17,7 +17,8 @@ Exits non-zero when anything fails to compile, a kernel spills on sm_90 (sm_80 s
 the status) or uses local memory, a main path
 (or the column-split variants) does not read its logits with 16-byte loads, or a main path on
 sm_90 issues more than ``BUDGET`` SASS instructions (Triton 36, CUDA 48) or MUFU operations (5) per
-element (``--no-budget``: report those, do not fail). Writes ``static_check.md`` / ``.json`` to ``--out``.
+element (``--no-budget``: report those, do not fail). The budget binds ``BUDGET_LOSSES`` (DB-focal,
+CB-focal, BCE); the asymmetric main paths (ASL, DB-ASL) are counted and reported beside them. Writes ``static_check.md`` / ``.json`` to ``--out``.
 
 Instructions per element (``sass_per_element``): thread-instruction issue slots per logits element,
 ``32 * (instructions one warp issues over its program) / (logits elements per warp)``, so idle and
@@ -40,8 +41,10 @@ last ``EXIT``). A model per kernel gives each loop's trip count per warp and the
   a model mismatch.
 * CUDA: ``CUDA_MAIN`` below, one row per fixed vector-path kernel (loss x logits dtype x gradient;
   uint8 and bool labels share a kernel), modelled by ``cuda_model``: the geometry of
-  ``csrc/dbl_plan.h`` for N = ``CUDA_N`` rows (C = 80: 25 rows per item; C = 8192: 2 rows), one
-  item per block, the loops of ``csrc/dbl_block.h`` told apart by what they hold.
+  ``csrc/dbl_plan.h`` for the same targets' N (C = 80: 1,048,576 rows, 204 per item, one thread per
+  row in the statistics; C = 8192: 8,192 rows, 2 per item) on the grid ``dbl_cuda.cu`` launches
+  (the blocks resident at once: 132 SMs x 3), each block looping over its share of the items, the
+  loops of ``csrc/dbl_block.h`` told apart by what they hold.
 
 Where branches inside a loop give several paths the longest one is counted (``path`` = ``max``, with
 the shortest path's figure in ``sass_per_element_min``); where every counted loop has one path,
@@ -84,6 +87,9 @@ from kernel_models import (CUDA_MAIN, Estimate, _cdiv, _dead_tails, _tail_loads,
 # Per logits element on the main paths, enforced on BUDGET_ARCH (see the module docstring).
 BUDGET = dict(triton=36, cuda=48, mufu=5)
 BUDGET_ARCH = 90
+# The losses the budget binds (the authors' DB-focal configs, CB-focal, plain BCE); the asymmetric
+# forms (ASL, DB-ASL) are counted and reported beside them, not failed.
+BUDGET_LOSSES = ("db-focal", "cb-focal", "bce")
 
 
 @dataclass
@@ -239,10 +245,12 @@ def budget(row, estimate, limit):
     row.path = "exact" if estimate.exact else "max"
     row.model = "; ".join(estimate.notes)
     if row.target == f"sm_{BUDGET_ARCH}":
-        if estimate.sass > limit:
-            row.over_budget.append(f"{estimate.sass:.1f} SASS/element > {limit}")
-        if estimate.mufu > BUDGET["mufu"]:
-            row.over_budget.append(f"{estimate.mufu:.2f} MUFU/element > {BUDGET['mufu']}")
+        over = ([f"{estimate.sass:.1f} SASS/element > {limit}"] if estimate.sass > limit else []) + \
+            ([f"{estimate.mufu:.2f} MUFU/element > {BUDGET['mufu']}"] if estimate.mufu > BUDGET["mufu"] else [])
+        if row.loss in BUDGET_LOSSES:
+            row.over_budget += over
+        else:
+            row.notes += [f"over the budget (reported, not enforced for {row.loss}): {m}" for m in over]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,7 +482,9 @@ def render_budget(rows):
         mufu = max(r.mufu_per_element for r in members)
         limit = BUDGET[key[0]]
         verdict = ("-" if key[-1] != f"sm_{BUDGET_ARCH}" else
-                   "over" if any(r.over_budget for r in members) else "ok") + f" (≤ {limit} / {BUDGET['mufu']})"
+                   "over" if any(r.over_budget for r in members) else
+                   "ok" if key[1] in BUDGET_LOSSES or not any(r.notes for r in members) else
+                   "over, reported") + f" (≤ {limit} / {BUDGET['mufu']})"
         shortest = f"{worst.sass_per_element_min:g}" if worst.path == "max" else "(exact)"
         lines.append(f"| {' | '.join(str(k) for k in key)} | {len(members)} | {best.sass_per_element:g} | "
                      f"{worst.sass_per_element:g} | {shortest} | {mufu:g} | {verdict} |")

@@ -377,10 +377,15 @@ def test_triton_model_and_budget():
     assert static_check._tail_loads(sass_cfg.Instr(0, "LDG.E.128", "R0, desc[UR4][R2.64]", "@P0"))
     assert not static_check._tail_loads(sass_cfg.Instr(0, "LDG.E.128", "R0, desc[UR4][R2.64]"))
     for target, over in (("sm_90", 2), ("sm_80", 0)):
-        row = static_check.Row("k", "s", target, main_path=True)
+        row = static_check.Row("k", "s", target, main_path=True, loss="db-focal")
         static_check.budget(row, static_check.Estimate(36.5, 30.0, 5.5, False, ["n"]), 36)
         assert len(row.over_budget) == over and row.path == "max" and row.sass_per_element == 36.5
-    row = static_check.Row("k", "s", "sm_90", main_path=True)
+    # the asymmetric forms are counted and reported, not failed
+    row = static_check.Row("k", "s", "sm_90", ok=True, main_path=True, loss="asl")
+    static_check.budget(row, static_check.Estimate(50.0, 50.0, 6.0), 36)
+    assert row.over_budget == [] and len(row.notes) == 2 and "reported" in static_check.status(row)
+    assert static_check.failing([row]) == ([], [])
+    row = static_check.Row("k", "s", "sm_90", main_path=True, loss="bce")
     static_check.budget(row, static_check.Estimate(36.0, 36.0, 5.0), 36)
     assert row.over_budget == [] and row.path == "exact"
 
@@ -424,12 +429,34 @@ def test_cuda_model_tells_loops_apart():
                      5: "tree_halves", 6: "finish", 7: "element_chunks_w", 8: "element_w", 9: "element_chunks",
                      10: "element"}
     # C = 80, statistics: 1 item, 1 round, ceil(10 / 8) = 2 tree-lane trips, 3 halvings, 1 sum trip
-    est = static_check.cuda_model(True)(cost, 80)
+    est = static_check.cuda_model(True)(cost, 80, 4096)
     assert est.sass == pytest.approx(32 * (200 + 100 + 40 + 2 * 8 + 3 * 12 + 20 + 250 + 13) / (25 * 80 / 8))
     assert est.mufu == pytest.approx(32 * 40 / 250)
-    # no statistics (the rows' constants instead), 8 rounds; 2048 blocks: 8 partials per thread to add
+    # no statistics (the rows' constants instead), 8 rounds; 8,192 rows: 4,096 items on the 396
+    # resident blocks of 132 SMs -> 11 items a block; 2 partials per thread to add
     est = static_check.cuda_model(False)(cost, 8192)
-    assert est.sass == pytest.approx(32 * (200 + 100 + 80 + 20 + 8 * 250 + 8 * 13) / (2 * 8192 / 8))
+    assert est.sass == pytest.approx(32 * (200 + 11 * (100 + 80 + 20 + 8 * 250) + 2 * 13) / (11 * 2 * 8192 / 8))
+
+
+def test_cuda_model_one_thread_per_row():
+    # 1,048,576 x 80 (the target): 8 rounds -> 204 rows per item, G = 1 (a thread sums its row's 10
+    # partials); 5,141 items on 396 blocks -> 13 items a block
+    g = static_check.cuda_geometry(1 << 20, 80)
+    assert (g["rounds"], g["rows"], g["G"], g["items"], g["blocks"]) == (8, 204, 1, 5141, 396)
+    loops = [_loop(0, 100),                                                     # 0 item loop
+             _loop(1, 40, 0, ops={"LDG.E.64.CONSTANT": 1}),                     # statistics rounds
+             _loop(2, 9, 0), _loop(3, 6, 2),                                    # rows, their partials
+             _loop(4, 20, 0), _loop(5, 250, 4, mufu=40),                        # elements
+             _loop(6, 13, ops={"LDG.E.64.STRONG.GPU": 1})]
+    for i, lp in enumerate(loops):
+        if lp.parent is not None:
+            loops[lp.parent].children.append(i)
+    cost = sass_cfg.Cost(SassPath(200, 150), loops)
+    assert kernel_models._cuda_roles(cost, 0) == {1: "stats_rounds", 2: "tree_g1_rows", 3: "tree_g1_lanes",
+                                                  4: "element_chunks", 5: "element"}
+    est = static_check.cuda_model(True)(cost, 80)
+    trips = 13 * (100 + 8 * 40 + 9 + 10 * 6 + 20 + 8 * 250) + 2 * 13
+    assert est.sass == pytest.approx(32 * (200 + trips) / (13 * 204 * 80 / 8))
 
 
 # ---------------------------------------------------------------------------------------------

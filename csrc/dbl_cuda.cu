@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -37,9 +38,9 @@ struct DeviceExec {
 };
 
 // 3 blocks of 256 per SM cap registers at 80 per thread (no spills: checked by -Xptxas -v in the
-// tests and benchmarks/static_check.py); fp64 gets 2 blocks.
+// tests and benchmarks/static_check.py); fp64 gets 2 blocks. The grid is that many blocks per SM.
 template <class Z, int V, class P, class T>
-__global__ void __launch_bounds__(kThreads, sizeof(T) == 8 ? 2 : 3) fused_kernel(const KArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(sizeof(T) == 8)) fused_kernel(const KArgs<T> a) {
   __shared__ Shared<T> sh;
   DeviceExec ex;
   Block<Z, V, P, GpuFns, T, DeviceExec> b{ex, a, sh, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(gridDim.x)};
@@ -91,16 +92,38 @@ void launch_scale(void* grad, int64_t n, const void* go, int go_dtype, cudaStrea
         static_cast<G*>(grad), n, static_cast<const float*>(go));
 }
 
+// The current device's SMs x the blocks per SM of the kernel: the grid that runs at once. The SM
+// count is read once per device (an attribute query is no stream work: fine under graph capture).
+int64_t resident_blocks(const FusedLaunch& a) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> sms[kDevices] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return 0;  // the plan's kMaxBlocks
+  int n = sms[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) return 0;
+    sms[dev].store(n, std::memory_order_relaxed);
+  }
+  return static_cast<int64_t>(n) * blocks_per_sm(a.z_dtype == kF64);
+}
+
+FusedLaunch with_grid(const FusedLaunch& a) {
+  FusedLaunch b = a;
+  if (b.max_blocks == 0) b.max_blocks = resident_blocks(a);
+  return b;
+}
+
 }  // namespace
 
-size_t fused_workspace_bytes(const FusedLaunch& a) { return make_plan(a).ws_bytes; }
+size_t fused_workspace_bytes(const FusedLaunch& a) { return make_plan(with_grid(a)).ws_bytes; }
 
 int fused_launches(const FusedLaunch& a) {
   if (a.N == 0 || a.C == 0) return 0;
-  return make_plan(a).stats_pass ? 2 : 1;
+  return make_plan(with_grid(a)).stats_pass ? 2 : 1;
 }
 
-int fused(const FusedLaunch& a, void* stream) {
+int fused(const FusedLaunch& launch, void* stream) {
+  const FusedLaunch a = with_grid(launch);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (a.N == 0 || a.C == 0) {  // no element: a sum of nothing
     if (a.reduction != RED_NONE) cudaMemsetAsync(a.loss, 0, a.z_dtype == kF64 ? 8 : 4, s);

@@ -73,9 +73,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
     const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& crow_indices,
     const std::optional<at::Tensor>& col_indices, const std::optional<at::Tensor>& weight,
     const at::Tensor& class_params, const at::Tensor& aux, const std::optional<at::Tensor>& row_stats,
-    at::IntArrayRef modes, at::ArrayRef<double> scalars, bool need_grad, int64_t err) {
+    at::IntArrayRef modes, at::ArrayRef<double> scalars, bool need_grad, int64_t err, int64_t max_blocks) {
   TORCH_CHECK(logits.device().is_cpu(), "dbl::_cuda_emulate runs on CPU tensors");
   TORCH_CHECK(err >= -1 && err <= 1, "dbl::_cuda_emulate: err must be -1, 0 or 1");
+  TORCH_CHECK(max_blocks >= 0, "dbl::_cuda_emulate: max_blocks must be >= 0 (0: the plan's kMaxBlocks)");
   const OpScalars s = unpack_options(modes, scalars, need_grad);
   TORCH_CHECK(s.reduction != RED_MEAN_COUNTED, "dbl::_cuda_emulate: reduction 3 is CPU-only, as on the GPU");
   Prepared pr = prepare(logits, labels, crow_indices, col_indices, weight, class_params, aux, row_stats, s,
@@ -85,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
   const at::Tensor elems = per_class ? at::empty({pr.N, pr.C}, pr.loss.options()) : pr.loss;
   const at::Tensor rows = kernel_row_stats(pr);
   FusedLaunch a = launch_args(pr, s, rows, elems.data_ptr());
+  a.max_blocks = max_blocks;  // the grid of an emulated device (dbl_cuda.cu: SMs x blocks per SM)
   const int64_t reduction = s.reduction;
   const Plan p = make_plan(a);
   std::vector<char>& ws = workspace();
@@ -120,7 +122,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_emulate(
 TORCH_LIBRARY_FRAGMENT(dbl, m) {
   m.def(
       "_cuda_emulate(Tensor logits, Tensor labels, Tensor? crow_indices, Tensor? col_indices, Tensor? weight, "
-      "Tensor class_params, Tensor aux, Tensor? row_stats, int[] modes, float[] scalars, bool need_grad, int err) "
+      "Tensor class_params, Tensor aux, Tensor? row_stats, int[] modes, float[] scalars, bool need_grad, int err, "
+      "int max_blocks=0) "
       "-> (Tensor, Tensor, Tensor)");
 }
 

@@ -52,15 +52,22 @@ struct FusedLaunch {
   // ``labels`` holds the stored values, row i's columns are col[crow[i] .. crow[i + 1]), ascending.
   const int64_t* crow;
   const int64_t* col;
+  // Blocks the device keeps resident at once (SMs x blocks_per_sm), or 0 for kMaxBlocks: the grid
+  // is capped there, so each block loops over its items and its fixed costs (the block's sum, the
+  // ticket) spread over them.
+  int64_t max_blocks;
 };
 
 constexpr int kThreads = 256;          // threads per block
 constexpr int kRounds = 8;             // vectors per thread per chunk, at most (half for fp64)
 constexpr int kVec = 8;                // elements per vector of the specialised kernels
 constexpr int kMaxRows = kThreads;     // rows per item, at most (row constants in shared memory)
-constexpr int64_t kMaxBlocks = 4096;   // grid cap; blocks loop over the items
+constexpr int64_t kMaxBlocks = 4096;   // grid cap where the device's resident blocks are not given
 constexpr int64_t kTargetItems = 512;  // below this many items, chunks shrink to spread the rows
 constexpr int64_t kTileRows = 512;     // wide rows needing statistics: fewer rows than this -> tiles
+
+// Blocks per SM the kernel is compiled for (__launch_bounds__: registers <= 80 for fp32, 128 for fp64).
+DBL_HD constexpr int blocks_per_sm(bool fp64) { return fp64 ? 2 : 3; }
 
 // Vector slots of one chunk, at most: a chunk's partial row statistics sit in shared memory.
 DBL_HD constexpr int max_rounds(bool fp64) { return fp64 ? kRounds / 2 : kRounds; }
@@ -118,17 +125,17 @@ inline int pow2_floor(int64_t x) {
 // Exact for s < 2^11 and vpr <= 2^10 (packed items): s * magic / 2^24 is s / vpr + at most 2^-13.
 inline uint32_t slot_magic(int64_t vpr) { return static_cast<uint32_t>(ceil_div(int64_t(1) << 24, vpr)); }
 
-inline void finish_geometry(Geometry& g) {
+inline void finish_geometry(Geometry& g, int64_t max_blocks) {
   g.log2G = 0;
   while ((1 << g.log2G) < g.G) ++g.log2G;
   g.slots = static_cast<int64_t>(g.rounds) * kThreads;
-  g.blocks = g.items < kMaxBlocks ? g.items : kMaxBlocks;
+  g.blocks = g.items < max_blocks ? g.items : max_blocks;
   g.step_rows = g.blocks / g.tiles * g.rows;
   g.step_tiles = g.blocks % g.tiles;
 }
 
 // Whole rows per item (or one row in chunks when a row exceeds a chunk).
-inline Geometry rows_geometry(int64_t N, int64_t vpr, int stats, bool fp64) {
+inline Geometry rows_geometry(int64_t N, int64_t vpr, int stats, bool fp64, int64_t max_blocks) {
   Geometry g{};
   g.stats = stats;
   g.vpr = vpr;
@@ -156,12 +163,12 @@ inline Geometry rows_geometry(int64_t N, int64_t vpr, int stats, bool fp64) {
     g.G = kThreads;  // one row: every thread's partial, reduced over the block
     g.magic = 0;
   }
-  finish_geometry(g);
+  finish_geometry(g, max_blocks);
   return g;
 }
 
 // One chunk of one row per item (rows wider than a chunk).
-inline Geometry tile_geometry(int64_t N, int64_t vpr, int stats, bool fp64) {
+inline Geometry tile_geometry(int64_t N, int64_t vpr, int stats, bool fp64, int64_t max_blocks) {
   Geometry g{};
   g.stats = stats;
   g.vpr = vpr;
@@ -172,7 +179,7 @@ inline Geometry tile_geometry(int64_t N, int64_t vpr, int stats, bool fp64) {
   g.tiles = ceil_div(vpr, max_slots(fp64));
   g.items = N * g.tiles;
   g.magic = 0;
-  finish_geometry(g);
+  finish_geometry(g, max_blocks);
   return g;
 }
 
@@ -216,17 +223,18 @@ inline Plan plan_for_path(const FusedLaunch& a, int path) {
   const bool f64 = a.z_dtype == kF64, fits = vpr <= max_slots(f64);
   const bool row_stats = row_stat_kind(a.reweight) != STAT_NONE;
   const bool by_batch = batch_max_needs_rows(a.reweight, a.weight_norm);
+  const int64_t mb = a.max_blocks > 0 ? a.max_blocks : kMaxBlocks;
   if (!row_stats || a.row_stats) {  // none needed, or given (read as a STATS pass leaves them)
     const int stats = row_stats ? STATS_PRE : STATS_NONE;
-    p.main_geo = fits ? rows_geometry(N, vpr, stats, f64) : tile_geometry(N, vpr, stats, f64);
+    p.main_geo = fits ? rows_geometry(N, vpr, stats, f64, mb) : tile_geometry(N, vpr, stats, f64, mb);
   } else if (!by_batch && (fits || N >= kTileRows)) {
-    p.main_geo = rows_geometry(N, vpr, STATS_BLOCK, f64);  // statistics inside each item
+    p.main_geo = rows_geometry(N, vpr, STATS_BLOCK, f64, mb);  // statistics inside each item
   } else {
     // by_batch needs every row's statistics before any element; few wide rows are cut into tiles
     // after a statistics pass, so that they spread over the GPU.
     p.stats_pass = true;
-    p.stats_geo = rows_geometry(N, vpr, STATS_BLOCK, f64);
-    p.main_geo = fits ? rows_geometry(N, vpr, STATS_PRE, f64) : tile_geometry(N, vpr, STATS_PRE, f64);
+    p.stats_geo = rows_geometry(N, vpr, STATS_BLOCK, f64, mb);
+    p.main_geo = fits ? rows_geometry(N, vpr, STATS_PRE, f64, mb) : tile_geometry(N, vpr, STATS_PRE, f64, mb);
   }
   const size_t t = a.z_dtype == kF64 ? 8 : 4;
   p.off_bmax = 8;

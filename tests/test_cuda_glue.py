@@ -81,9 +81,10 @@ def test_cuda_glue_compiles_against_torch_headers(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The kernel, emulated on the CPU.
 # ------------------------------------------------------------------------------------------------
-def _emulate(c, cfg, z, y, weight=None, err=0, need_grad=True, avg_factor=None, aux_batch=None):
+def _emulate(c, cfg, z, y, weight=None, err=0, need_grad=True, avg_factor=None, aux_batch=None, max_blocks=0):
     """(loss, grad, plan) of the CUDA kernel run on the CPU, with the arguments the loss module
-    gives the cuda backend (a mean over labels that may hold -1 divides by a count made in torch)."""
+    gives the cuda backend (a mean over labels that may hold -1 divides by a count made in torch).
+    max_blocks: the grid of the emulated device (0: the plan's cap of 4096 blocks)."""
     mod = dk.DistributionBalancedLoss(_stats(c), backend="reference", **cfg)
     aux = make_aux(z, y, mod.config, mod.spec, mod.class_freq, mod.stats.train_num, avg_factor)
     if aux_batch is not None:  # the kernels find the by_batch maximum themselves: aux[1] is unused
@@ -91,7 +92,7 @@ def _emulate(c, cfg, z, y, weight=None, err=0, need_grad=True, avg_factor=None, 
         aux[1] = aux_batch
     params = mod._params(torch.float64 if z.dtype == torch.float64 else torch.float32)
     w = None if weight is None else weight.expand(z.shape)
-    loss, grad, plan = cuda_emulate(*ops.op_args(z, y, w, params, aux, mod.spec, need_grad), err)
+    loss, grad, plan = cuda_emulate(*ops.op_args(z, y, w, params, aux, mod.spec, need_grad), err, max_blocks)
     return loss, grad, plan.tolist()
 
 
@@ -161,6 +162,24 @@ def test_emulated_shapes(c):
                                                    reduction="sum")):
             _check_emulated(c, cfg, z.to(torch.bfloat16).float(), y, errs=(1,))
         _check_emulated(c, dict(weight_norm="by_batch", reduction="none"), z, yf, errs=(-1,))
+
+
+@needs_ext
+@pytest.mark.parametrize("max_blocks", [1, 3, 7])
+def test_emulated_resident_grid(max_blocks):
+    # On a GPU the grid is the blocks resident at once (SMs x blocks per SM), so each block loops
+    # over many items: packed rows, chunked rows, tiles after a statistics pass, the statistics pass
+    # itself, and the last block's sum over few partials.
+    cases = [(600, 80, DB_FOCAL), (600, 80, CB_FOCAL), (600, 80, BCE), (40, 4096, DB_FOCAL),
+             (3, 20000, DB_FOCAL), (520, 2100, dict(reweight="CB", cb_mode="min_n", weight_norm="by_batch")),
+             (600, 80, dict(weight_norm="by_batch", reduction="none"))]
+    for n, c, cfg in cases:
+        z, yf = _inputs(n, c, seed=n + c)
+        y = yf.clamp(min=0).to(torch.uint8) if "by_batch" not in str(cfg) else yf
+        plan = _check_emulated(c, cfg, z, y, errs=(1,), max_blocks=max_blocks)
+        items, blocks = plan[8], plan[9]
+        assert blocks == min(items, max_blocks), (n, c, cfg, plan)
+        assert items > blocks or max_blocks == 7, (n, c, cfg, plan)  # 3 x 20,000: 6 tiles
 
 
 @needs_ext
