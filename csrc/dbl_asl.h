@@ -80,7 +80,10 @@ DBL_HD AslTerms<T> asl_terms(T x, T t, T pw, T clip) {
 template <class Fn, class T>
 DBL_HD T asl_focus(T b, T g) {
   if (g == T(0)) return T(1);
-  return b > T(0) ? Fn::ex2(g * Fn::lg2(b > T(0) ? b : T(1))) : T(0);
+  const T bg = b > T(0) ? Fn::ex2(g * Fn::lg2(b > T(0) ? b : T(1))) : T(0);
+  if (!Fn::kApproxPow) return bg;
+  const T b2 = b * b;  // ASL's and DB's usual exponents, exactly
+  return g == T(1) ? b : g == T(2) ? b2 : g == T(4) ? b2 * b2 : bg;
 }
 
 // d/dx of -A B^g given the focusing weight bg = B^g, finite for every g >= 0: -B^g (dA + g (A/B) dB),
@@ -110,7 +113,7 @@ DBL_HD T element_asl(T z, T yp, T f, T tw, T bias, T pw, const RowConst<T>& r, c
     gf = sc * lw;
     x = (z + bias) * sc;
   }
-  const T w = (wform == WF_REBAL ? Fn::rcp(T(1) + Fn::ex2(r.u * tw + k.c0)) * r.v + r.av : r.u * tw + r.v) * f;
+  const T w = elem_weight<Fn>(wform, tw, r, k) * f;
   const T t = yp * ac.keep + ac.shift;
   const AslTerms<T> m = asl_terms<Fn>(x, t, pw, ac.clip);
   const T g = ac.gamma_pos * t + ac.gamma_neg * (T(1) - t);

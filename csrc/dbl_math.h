@@ -128,6 +128,17 @@ DBL_HD float log1p_small_tail(float e) {
   return ((0.15588874f * e - 0.24544357f) * e + 0.33313555f) * e - 0.49999696f;
 }
 constexpr float kLog1pSmall = 0.125f;
+// log1p(e) / (e ln 2) on [0, 1]: degree 7, fitted for relative error (3.2e-7 in fp32 Horner steps).
+DBL_HD float log1p_ratio_bits(float e) {
+  float p = -0.012318820f;
+  p = p * e + 0.063604735f;
+  p = p * e - 0.15534610f;
+  p = p * e + 0.25600451f;
+  p = p * e - 0.35339239f;
+  p = p * e + 0.48006311f;
+  p = p * e - 0.72131002f;
+  return p * e + 1.4426948f;
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
@@ -217,6 +228,7 @@ struct F64Fns {
   static DBL_HD double exp_neg(double a) { return ::exp(-a); }
   static DBL_HD double log1p01(double e, double, double) { return ::log1p(e); }
   static DBL_HD double expm1(double x) { return ::expm1(x); }
+  static constexpr bool kApproxPow = false;
 };
 
 // CPU kernel: exact polynomials; l from log1p(e) directly.
@@ -227,7 +239,7 @@ struct CpuFns : F64Fns {
   using F64Fns::exp_neg;
   using F64Fns::log1p01;
   using F64Fns::expm1;
-  static constexpr bool kCheapL = false;
+  static constexpr bool kPolyL = false;
   static constexpr bool kOneDivision = true;
   static DBL_HD float ex2(float x) { return fexp2(x); }
   static DBL_HD float lg2(float v) { return flog2(v); }
@@ -248,8 +260,8 @@ struct CpuFns : F64Fns {
 // The device's formulas over three primitives I::ex2, I::lg2, I::rcp (fp32). lg2.approx has an
 // absolute error of up to 2^-22 near 1, so log1p(e) = ln 2 lg2(1 + e) (with the rounding of 1 + e
 // compensated: c = e - ((1 + e) - 1) is exact) serves e >= 1/8 only, where log1p(e) >= 0.117 and
-// the error is <= 1.5e-6 relative; below, a polynomial. kCheapL: the binary gamma = 2 path takes
-// l = -ln2 lg2(p_t) instead (its error there is multiplied by (1 - p_t)^2; see element()).
+// the error is <= 1.5e-6 relative; below, a polynomial. kPolyL: the binary gamma = 2 path takes
+// l from one polynomial in e over [0, 1] instead, with no lg2 (see element()).
 template <class I>
 struct DeviceFormula : F64Fns {
   using F64Fns::ex2;
@@ -258,8 +270,11 @@ struct DeviceFormula : F64Fns {
   using F64Fns::exp_neg;
   using F64Fns::log1p01;
   using F64Fns::expm1;
-  static constexpr bool kCheapL = true;
+  static constexpr bool kPolyL = true;
   static constexpr bool kOneDivision = false;
+  // pow as ex2(g lg2(b)) carries lg2's relative error times g |lg2 b| (~1e-5 for b ~ 2^-24):
+  // integer exponents are products instead
+  static constexpr bool kApproxPow = true;
   static DBL_HD float ex2(float x) { return I::ex2(x); }
   static DBL_HD float lg2(float v) { return I::lg2(v); }
   static DBL_HD float rcp(float x) { return I::rcp(x); }
@@ -363,7 +378,6 @@ struct ElemConsts {
   T lam, inv_lam;
   T gamma;
   T gs;          // reduction scale aux[0] (1 / count for a mean): folded into the row constants
-  T nln2_lam;    // -ln 2 / lam: a negative's loss per log2 p_t under NTR
   int focal;     // for FOCAL_RUNTIME
   int wform;     // for WF_RUNTIME
 };
@@ -377,7 +391,6 @@ inline ElemConsts<T> elem_consts(const Spec<T>& s, T grad_scale) {
   k.inv_lam = s.inv_lam;
   k.gamma = s.gamma;
   k.gs = grad_scale;
-  k.nln2_lam = static_cast<T>(-0.6931471805599453 / static_cast<double>(s.lam));
   k.focal = s.focal;
   k.wform = s.reweight == RW_REBALANCE ? WF_REBAL : WF_LINEAR;
   return k;
@@ -469,6 +482,14 @@ struct alignas(4 * sizeof(T)) RowConst {
 
 // count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX);
 // inv_batch: 1 / the batch max weight (by_batch only).
+// The element weight from its row's constants, those scaled by c (one multiply a row: a vector's
+// elements share them): 1 / (1 + 2^(u q_j + c0)) v + av (rebalance), u t_j + v otherwise.
+template <class Fn, class T>
+DBL_HD T elem_weight(int wform, T tw, const RowConst<T>& r, const ElemConsts<T>& k, T c = T(1)) {
+  return wform == WF_REBAL ? Fn::rcp(T(1) + Fn::ex2(r.u * tw + k.c0)) * (r.v * c) + r.av * c
+                           : (r.u * c) * tw + r.v * c;
+}
+
 template <class Fn, class T>
 DBL_HD RowConst<T> row_const(T count, T stat, T inv_batch, const Spec<T>& s, const ElemConsts<T>& k) {
   const bool inst = s.weight_norm == NORM_INSTANCE;
@@ -505,6 +526,42 @@ DBL_HD float dabs(float x) { return ::fabsf(x); }
 DBL_HD double dabs(double x) { return ::fabs(x); }
 
 // ---------------------------------------------------------------------------------------------
+// The device's binary focal (gamma = 2) element, for element() below, in base-2 units. The label
+// is used up front: x' = the logit pushed the wrong way, in bits (-(z + b) log2(e) on a positive,
+// lam (z + b) log2(e) on a negative under NTR), and the loss weight carries NTR's 1 / lam and ln 2;
+// then with u = sigmoid(x') = 1 - p_t and L = softplus(x') / ln 2: loss = W u^2 L and
+// d loss / d z = W u^2 (u + 2 ln2 p_t L) s_x, s_x = dx'/dz (W's ln 2 and s_x's log2(e) cancel).
+// Nothing after the first steps waits on the label (kept to the end, the eight labels of a vector
+// overflow the predicate registers). L = (x' > 0 ? x' : 0) + log1p(e) / ln 2 with log1p(e) = e P(e)
+// on [0, 1]: no lg2, one MUFU fewer, and exact in relative terms as p_t -> 1, where lg2(p_t) would
+// carry lg2's absolute error (2^-22) and p_t's rounding as ~2^-22 / e relative (4e-5 in a batch of
+// |x| ~ 5 logits). Past |x| ~ 87, e flushes to 0: L = x' or 0.
+// ---------------------------------------------------------------------------------------------
+template <class T, class Fn, int WFORM, bool NTR, bool GRAD>
+DBL_HD T element_focal2_device(T z, bool pos, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k,
+                               T& grad) {
+  constexpr T log2e = static_cast<T>(1.4426950408889634), ln2 = static_cast<T>(0.6931471805599453);
+  const T sx = pos ? -log2e : (NTR ? k.lam * log2e : log2e);
+  const T lw = NTR ? (pos ? ln2 : k.inv_lam * ln2) : T(1);
+  const T c = NTR ? T(1) : ln2;
+  const T xb = (NTR ? z + bias : z) * sx;
+  const T w = elem_weight<Fn>(WFORM, tw, r, k, c) * (f * lw);
+  const T ab = dabs(xb);
+  const T e = Fn::ex2(-ab);           // exp(-|x'|) in (0, 1]
+  const T inv = Fn::rcp(T(1) + e);    // sigmoid(|x'|)
+  const T q = e * inv;                // sigmoid(-|x'|)
+  const bool wrong = xb > T(0);
+  const T u = wrong ? inv : q;
+  const T L = (wrong ? ab : T(0)) + e * detail::log1p_ratio_bits(e);
+  const T wm = w * (u * u);
+  if (GRAD) {
+    const T pt = wrong ? q : inv;
+    grad = wm * (u + (T(2) * ln2) * pt * L) * sx;
+  }
+  return wm * L;
+}
+
+// ---------------------------------------------------------------------------------------------
 // One element: loss and d loss / d logit (see _spec.py).
 //   z logit, yp = max(y, 0), pos = yp != 0, f = weight_ij * known_ij, tw the weight table entry (1/n_j for
 //   rebalance, else the class weight), bias the NTR bias b_j, r the row's constants. Returns the
@@ -515,7 +572,8 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
   const int wform = WFORM == WF_RUNTIME ? k.wform : WFORM;
   const int focal = FOCAL == FOCAL_RUNTIME ? k.focal : FOCAL;
   constexpr bool binary = LABELS == LABELS_BINARY;
-  constexpr T ln2 = static_cast<T>(0.6931471805599453);
+  if constexpr (Fn::kPolyL && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary && WFORM != WF_RUNTIME)
+    return element_focal2_device<T, Fn, WFORM, NTR, GRAD>(z, pos, f, tw, bias, r, k, grad);
   const T eb = wform == WF_REBAL ? Fn::ex2(r.u * tw + k.c0) : T(0);  // the rebalance sigmoid is 1 / (1 + eb)
   // NTR: x = (z + b) s with s = y+ + lam (1 - y+); the loss weight gets the factor
   // lw = y+ + (1 - y+) / lam, d loss / d z the factor gf = s lw (1 for y+ in {0, 1}).
@@ -547,57 +605,50 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
     inv = Fn::rcp(w1);
     sig_rb = wform == WF_REBAL ? Fn::rcp(T(1) + eb) : T(0);
   }
+  // elem_weight's formula, its sigmoid from the division above (on the CPU one for two)
   const T w = (wform == WF_REBAL ? sig_rb * r.v + r.av : r.u * tw + r.v) * f;
   const T q = e * inv;                 // sigmoid(-|x|)
   const bool xpos = x >= T(0);
   const T relu = xpos ? x : T(0);
+  // Whether x is on its label's side of 0 (y+ in {0, 1}). (g++ vectorises a comparison of the
+  // margin, not an equality of two comparisons; at x = 0 both choices give the same values)
+  const bool correct = Fn::kPolyL ? xpos == pos : (pos ? x : -x) >= T(0);
   if (focal == FOCAL_OFF) {
-    if (GRAD) grad = w * gf * ((xpos ? inv : q) - yp);
+    if (GRAD) {
+      // sigmoid(x) - y+: for y+ in {0, 1} it is -/+ u with u = 1 - p_t, the sigmoid on the correct
+      // side (no 1 - p_t, which would cancel to p_t's rounding as p_t -> 1)
+      const bool hard = binary || yp == T(0) || yp == T(1);
+      const T u = correct ? q : inv;
+      grad = w * gf * (hard ? (pos ? -u : u) : (xpos ? inv : q) - yp);
+    }
     return w * lw * ((relu - x * yp) + Fn::log1p01(e, w1, inv));  // stable BCE-with-logits
   }
   // u = 1 - p_t with p_t = exp(-l). For y+ in {0, 1}, p_t is sigmoid(x) or sigmoid(-x): on the
   // correct side of 0, p_t = sigmoid(|x|) and u = sigmoid(-|x|), else the other way round.
-  // (g++ vectorises a comparison of the margin, not an equality of two comparisons; at x = 0 both
-  // choices below give the same values)
-  const bool correct = Fn::kCheapL ? xpos == pos : (pos ? x : -x) >= T(0);
   T u = correct ? q : inv;
   T pt = correct ? inv : q;
-  if constexpr (Fn::kCheapL && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary) {
-    // l = -ln2 log2(p_t): one lg2. Its absolute error near p_t = 1 (2^-22) meets u^2 ~ e^2 in the
-    // loss and gradient. On the wrong side past |x| = 64, p_t ~ 2^-92 nears the flush-to-zero
-    // range: log2 p_t = -|x| log2(e) there (the log1p(e) < 2^-92 it drops is below its rounding).
-    const T ea = ax * static_cast<T>(-1.4426950408889634);
-    const T lg = (!correct && ax > T(64)) ? ea : Fn::lg2(pt);
-    const T wm = w * (u * u);
-    if (GRAD) {
-      const T d = u + pt * (T(-2) * ln2) * lg;  // u + 2 p_t l
-      grad = wm * (pos ? -d : d);
-    }
-    return wm * (lg * (NTR ? (pos ? -ln2 : k.nln2_lam) : -ln2));
-  } else {
-    const T l = (relu - x * yp) + Fn::log1p01(e, w1, inv);
-    bool soft = LABELS == LABELS_SOFT;
-    if (LABELS == LABELS_PER_ELEMENT) soft = yp != T(0) && yp != T(1);
-    if (!binary && soft) {
-      u = -Fn::expm1(-l);
-      pt = T(1) - u;
-    }
-    const T gamma = focal == FOCAL_SQUARE ? T(2) : k.gamma;
-    const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? Fn::ex2(gamma * Fn::lg2(u > T(0) ? u : T(1))) : T(0));
-    const T wm = w * mod;
-    if (GRAD) {
-      // d/dx [u^g l] = (sigmoid(x) - y+) u^g (1 + g p_t l / u). For y+ in {0, 1}, sigmoid(x) - y+ = -/+ u,
-      // so it is +/- u^g (u + g p_t l): no division, finite as u -> 0. Soft: l / u -> 1 at u = 0.
-      if (binary || !soft) {
-        const T d = u + gamma * pt * l;
-        grad = wm * gf * (pos ? -d : d);
-      } else {
-        const T ratio = u > T(0) ? l * Fn::rcp(u > T(0) ? u : T(1)) : T(1);
-        grad = wm * gf * ((xpos ? inv : q) - yp) * (T(1) + gamma * pt * ratio);
-      }
-    }
-    return wm * lw * l;
+  const T l = (relu - x * yp) + Fn::log1p01(e, w1, inv);
+  bool soft = LABELS == LABELS_SOFT;
+  if (LABELS == LABELS_PER_ELEMENT) soft = yp != T(0) && yp != T(1);
+  if (!binary && soft) {
+    u = -Fn::expm1(-l);
+    pt = T(1) - u;
   }
+  const T gamma = focal == FOCAL_SQUARE ? T(2) : k.gamma;
+  const T mod = focal == FOCAL_SQUARE ? u * u : (u > T(0) ? Fn::ex2(gamma * Fn::lg2(u > T(0) ? u : T(1))) : T(0));
+  const T wm = w * mod;
+  if (GRAD) {
+    // d/dx [u^g l] = (sigmoid(x) - y+) u^g (1 + g p_t l / u). For y+ in {0, 1}, sigmoid(x) - y+ = -/+ u,
+    // so it is +/- u^g (u + g p_t l): no division, finite as u -> 0. Soft: l / u -> 1 at u = 0.
+    if (binary || !soft) {
+      const T d = u + gamma * pt * l;
+      grad = wm * gf * (pos ? -d : d);
+    } else {
+      const T ratio = u > T(0) ? l * Fn::rcp(u > T(0) ? u : T(1)) : T(1);
+      grad = wm * gf * ((xpos ? inv : q) - yp) * (T(1) + gamma * pt * ratio);
+    }
+  }
+  return wm * lw * l;
 }
 
 }  // namespace dbl

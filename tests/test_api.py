@@ -398,3 +398,44 @@ def test_one_pass_label_check_agrees_with_torch(dtype):
         y[23, 41] = v
         for t in (y, y.t(), y[:, ::2], y[5:6]):  # strided and one-row views too
             assert torch.ops.dbl._check_labels(t) == code(t), (v, t.shape, t.stride())
+
+
+def _fused_here():
+    """(backend, device) for every fused backend that runs on this machine."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return [(b, dev if b != "cpu" else "cpu") for b in dk.available_backends() if b != "reference"] or [("none", "cpu")]
+
+
+@pytest.mark.parametrize("backend,device", _fused_here())
+@pytest.mark.parametrize("mag", [3.0, 5.0, 10.0, 17.0])
+def test_confident_batches_stay_exact(backend, device, mag):
+    # Every logit on its label's side by about mag (late training): the loss lives where p_t is
+    # near 1, and the element loss -ln p_t must keep its relative accuracy there. Against the
+    # float64 reference: DB-focal (the authors' config), CB-focal, BCE, DB-ASL and ASL, loss and
+    # gradient, with byte and float labels.
+    if backend == "none":
+        pytest.skip("no fused backend built")
+    from conftest import rel_err
+
+    stats = dk.ClassStats.preset("coco-mlt")
+    gen = torch.Generator().manual_seed(int(mag))
+    y = (torch.rand(48, stats.num_classes, generator=gen) < 0.1).to(torch.uint8)
+    z = torch.where(y.bool(), mag, -mag) + 0.1 * torch.randn(y.shape, generator=gen)
+    losses = {"db-focal": lambda be: dk.DistributionBalancedLoss(stats, backend=be),
+              "cb-focal": lambda be: dk.DistributionBalancedLoss(stats, backend=be, reweight="CB",
+                                                                 cb_mode="average_w", logit_reg=False),
+              "bce": lambda be: dk.DistributionBalancedLoss(stats, backend=be, reweight=None, focal=False,
+                                                            logit_reg=False),
+              "db-asl": lambda be: dk.DistributionBalancedLoss(stats, backend=be, gamma_neg=4.0, clip=0.05),
+              "asl": lambda be: dk.AsymmetricLoss(backend=be)}
+    for name, make in losses.items():
+        x64 = z.double().requires_grad_()
+        ref = make("reference")(x64, y.double())
+        ref.backward()
+        mod = make(backend).to(device)
+        for labels in (y, y.float()):  # hard labels as bytes, and as the floats users often pass
+            x = z.to(device, copy=True).requires_grad_()
+            loss = mod(x, labels.to(device))
+            loss.backward()
+            assert rel_err(loss.detach().cpu(), ref.detach()) <= 1e-5, (name, labels.dtype, float(loss), float(ref))
+            assert rel_err(x.grad.cpu(), x64.grad) <= 1e-5, (name, labels.dtype)

@@ -328,10 +328,14 @@ def _bce_focal_soft(x, pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexp
     e = _exp_neg(tl.abs(x))
     l = tl.maximum(x, 0.0) - x * pos + _log1p_unit(e)
     r = _rcp(1.0 + e)
-    sig = tl.where(x >= 0.0, r, e * r)
+    xpos = x >= 0.0
+    sig = tl.where(xpos, r, e * r)
+    # sigmoid(x) - y+ = (1 - y+) sigmoid(x) - y+ sigmoid(-x): at y+ = 1 no 1 - sigmoid(x), which
+    # cancels to rounding as p_t -> 1 (float labels holding 0 / 1 take this path)
+    dsig = (1.0 - pos) * sig - pos * tl.where(xpos, e * r, r)
     if POW == _POW_NONE:
         loss = l
-        d = sig - pos
+        d = dsig
     else:
         u = -_expm1(-l)
         m = _focal_power(u, gamma, POW)
@@ -339,9 +343,9 @@ def _bce_focal_soft(x, pos, gamma, POW: tl.constexpr, HAS_GRADIENTS: tl.constexp
         if HAS_GRADIENTS:
             p_t = 1.0 - u
             ratio = tl.where(u > 0.0, l / tl.where(u > 0.0, u, 1.0), 1.0)
-            d = (sig - pos) * m * (1.0 + gamma * p_t * ratio)
+            d = dsig * m * (1.0 + gamma * p_t * ratio)
         else:
-            d = sig - pos
+            d = dsig
     return loss, d
 
 
@@ -389,6 +393,11 @@ def _asl_element(x, t, pw, gpos, gneg, clip, CLIP: tl.constexpr, FOCUS_GRAD: tl.
     g = gpos * t + gneg * (1.0 - t)
     bpos = b > 0.0
     bg = tl.where(g == 0.0, 1.0, tl.where(bpos, _pow(tl.where(bpos, b, 1.0), g), 0.0))
+    if b.dtype == tl.float32:
+        # fp32 pow is ex2(g lg2 b): lg2's relative error times g |lg2 b| (~1e-5 for b ~ 2^-24);
+        # ASL's and DB's usual exponents as products instead (csrc/dbl_asl.h asl_focus)
+        b2 = b * b
+        bg = tl.where(g == 1.0, b, tl.where(g == 2.0, b2, tl.where(g == 4.0, b2 * b2, bg)))
     loss = -a * bg
     if HAS_GRADIENTS:
         d = pw * t * q + (1.0 - t) * dlog_q
