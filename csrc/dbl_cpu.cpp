@@ -91,8 +91,9 @@ class Runner {
     bias_ = p.params + P_BIAS * p.C;
     pos_w_ = p.params + P_POS_W * p.C;
     check_ = p.check_labels && !p.crow ? loops_.invalid : nullptr;  // CSR values: checked up front
-    // (every form: plain BCE's gradient is -/+ u for labels in {0, 1}, sigmoid(x) - y+ otherwise)
-    soft_possible_ = at::isFloatingType(p.yt);
+    // (every form but the asymmetric one, which has a single body: plain BCE's gradient too is
+    // -/+ u for labels in {0, 1}, sigmoid(x) - y+ otherwise)
+    soft_possible_ = !p.asymmetric && at::isFloatingType(p.yt);
     // by_batch over a constant or class-vector weight: the batch max is known without the rows;
     // with given row statistics it is the caller's (aux[1], over the whole problem)
     inv_batch_ = p.row_stats ? p.given_inv_batch : s.reweight == RW_CLASS ? T(1) / s.w_max : T(1);

@@ -38,7 +38,7 @@ struct DeviceExec {
 };
 
 // 3 blocks of 256 per SM cap registers at 80 per thread (no spills: checked by -Xptxas -v in the
-// tests and benchmarks/static_check.py); fp64 gets 2 blocks. The grid is that many blocks per SM.
+// tests and benchmarks/static_check.py); fp64 gets 2 blocks. The grid is the blocks that fit at once.
 template <class Z, int V, class P, class T>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(sizeof(T) == 8)) fused_kernel(const KArgs<T> a) {
   __shared__ Shared<T> sh;
@@ -92,19 +92,49 @@ void launch_scale(void* grad, int64_t n, const void* go, int go_dtype, cudaStrea
         static_cast<G*>(grad), n, static_cast<const float*>(go));
 }
 
-// The current device's SMs x the blocks per SM of the kernel: the grid that runs at once. The SM
-// count is read once per device (an attribute query is no stream work: fine under graph capture).
+// Blocks of one instantiation that fit an SM at once (registers, shared memory), asked once per
+// instantiation (every device here is taken to be one architecture; the launch bounds guarantee
+// blocks_per_sm, the generic and fp64 kernels often fit more).
+struct Occupancy {
+  int* n;
+  template <class Z, int V, class P, class T>
+  void run() const {
+    static const int fit = [] {
+      int k = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k, fused_kernel<Z, V, P, T>, kThreads, 0) != cudaSuccess) {
+        k = 0;
+        (void)cudaGetLastError();  // not a launch error: fall back to the launch bounds' figure
+      }
+      return k > 0 ? k : blocks_per_sm(sizeof(T) == 8);
+    }();
+    *n = fit;
+  }
+};
+
+// The current device's SMs x the blocks per SM of the kernel the launch runs: the grid that runs at
+// once. The SM count is read once per device (an attribute query is no stream work: fine under
+// graph capture).
 int64_t resident_blocks(const FusedLaunch& a) {
   constexpr int kDevices = 64;
   static std::atomic<int> sms[kDevices] = {};
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return 0;  // the plan's kMaxBlocks
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) {  // the plan's kMaxBlocks then
+    (void)cudaGetLastError();
+    return 0;
+  }
   int n = sms[dev].load(std::memory_order_relaxed);
   if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) return 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      return 0;
+    }
     sms[dev].store(n, std::memory_order_relaxed);
   }
-  return static_cast<int64_t>(n) * blocks_per_sm(a.z_dtype == kF64);
+  FusedLaunch b = a;  // the instantiation the plan picks (the grid does not change it)
+  b.max_blocks = kMaxBlocks;
+  int per_sm = 0;
+  dispatch(b, make_plan(b), Occupancy{&per_sm});
+  return static_cast<int64_t>(n) * per_sm;
 }
 
 FusedLaunch with_grid(const FusedLaunch& a) {

@@ -261,7 +261,7 @@ struct CpuFns : F64Fns {
 // absolute error of up to 2^-22 near 1, so log1p(e) = ln 2 lg2(1 + e) (with the rounding of 1 + e
 // compensated: c = e - ((1 + e) - 1) is exact) serves e >= 1/8 only, where log1p(e) >= 0.117 and
 // the error is <= 1.5e-6 relative; below, a polynomial. kPolyL: the binary gamma = 2 path takes
-// l from one polynomial in e over [0, 1] instead, with no lg2 (see element()).
+// l from one polynomial in e over [0, 1] instead, with no lg2 (element_focal2_device).
 template <class I>
 struct DeviceFormula : F64Fns {
   using F64Fns::ex2;
@@ -480,8 +480,6 @@ struct alignas(4 * sizeof(T)) RowConst {
   T u, v, av, unused;  // 16 bytes (fp32): one shared-memory load
 };
 
-// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX);
-// inv_batch: 1 / the batch max weight (by_batch only).
 // The element weight from its row's constants, those scaled by c (one multiply a row: a vector's
 // elements share them): 1 / (1 + 2^(u q_j + c0)) v + av (rebalance), u t_j + v otherwise.
 template <class Fn, class T>
@@ -490,6 +488,8 @@ DBL_HD T elem_weight(int wform, T tw, const RowConst<T>& r, const ElemConsts<T>&
                            : (r.u * c) * tw + r.v * c;
 }
 
+// count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX);
+// inv_batch: 1 / the batch max weight (by_batch only).
 template <class Fn, class T>
 DBL_HD RowConst<T> row_const(T count, T stat, T inv_batch, const Spec<T>& s, const ElemConsts<T>& k) {
   const bool inst = s.weight_norm == NORM_INSTANCE;
