@@ -111,9 +111,10 @@ struct Occupancy {
   }
 };
 
-// The current device's SMs x the blocks per SM of the kernel the launch runs: the grid that runs at
-// once. The SM count is read once per device (an attribute query is no stream work: fine under
-// graph capture).
+}  // namespace
+
+// The SM count is read once per device (an attribute query is no stream work: fine under graph
+// capture).
 int64_t resident_blocks(const FusedLaunch& a) {
   constexpr int kDevices = 64;
   static std::atomic<int> sms[kDevices] = {};
@@ -130,30 +131,19 @@ int64_t resident_blocks(const FusedLaunch& a) {
     }
     sms[dev].store(n, std::memory_order_relaxed);
   }
-  FusedLaunch b = a;  // the instantiation the plan picks (the grid does not change it)
-  b.max_blocks = kMaxBlocks;
-  int per_sm = 0;
-  dispatch(b, make_plan(b), Occupancy{&per_sm});
+  int per_sm = 0;  // of the instantiation the plan picks (the grid does not change which)
+  dispatch(a, make_plan(a), Occupancy{&per_sm});
   return static_cast<int64_t>(n) * per_sm;
 }
 
-FusedLaunch with_grid(const FusedLaunch& a) {
-  FusedLaunch b = a;
-  if (b.max_blocks == 0) b.max_blocks = resident_blocks(a);
-  return b;
-}
-
-}  // namespace
-
-size_t fused_workspace_bytes(const FusedLaunch& a) { return make_plan(with_grid(a)).ws_bytes; }
+size_t fused_workspace_bytes(const FusedLaunch& a) { return make_plan(a).ws_bytes; }
 
 int fused_launches(const FusedLaunch& a) {
   if (a.N == 0 || a.C == 0) return 0;
-  return make_plan(with_grid(a)).stats_pass ? 2 : 1;
+  return make_plan(a).stats_pass ? 2 : 1;
 }
 
-int fused(const FusedLaunch& launch, void* stream) {
-  const FusedLaunch a = with_grid(launch);
+int fused(const FusedLaunch& a, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (a.N == 0 || a.C == 0) {  // no element: a sum of nothing
     if (a.reduction != RED_NONE) cudaMemsetAsync(a.loss, 0, a.z_dtype == kF64 ? 8 : 4, s);

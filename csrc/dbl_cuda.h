@@ -10,6 +10,11 @@
 namespace dbl {
 namespace cuda {
 
+// The grid of a launch on the current device: its SMs x the blocks of the instantiation the launch
+// runs that fit an SM at once, or 0 where the device cannot say (the plan's kMaxBlocks then). Set
+// FusedLaunch::max_blocks to it before the calls below.
+int64_t resident_blocks(const FusedLaunch& a);
+
 // Bytes of device workspace a launch needs (ticket, batch-max key, block partials, row statistics).
 // The workspace must be zero the first time it is used; every launch leaves it so (its last block
 // resets the ticket and the key), so it can be reused by later launches on the same stream.

@@ -67,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(const at::Tensor& logits, const at
   const at::Tensor elems = per_class ? at::empty({p.N, p.C}, p.loss.options()) : p.loss;
   const at::Tensor rows = kernel_row_stats(p);
   cuda::FusedLaunch a = launch_args(p, s, rows, elems.data_ptr());
+  a.max_blocks = cuda::resident_blocks(a);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const at::Tensor workspace = workspace_for(logits, cuda::fused_workspace_bytes(a), stream);
   a.workspace = workspace.data_ptr();

@@ -613,11 +613,11 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
   // Whether x is on its label's side of 0 (y+ in {0, 1}). (g++ vectorises a comparison of the
   // margin, not an equality of two comparisons; at x = 0 both choices give the same values)
   const bool correct = Fn::kPolyL ? xpos == pos : (pos ? x : -x) >= T(0);
+  const bool hard = binary || yp == T(0) || yp == T(1);  // this label in {0, 1}
   if (focal == FOCAL_OFF) {
     if (GRAD) {
       // sigmoid(x) - y+: for y+ in {0, 1} it is -/+ u with u = 1 - p_t, the sigmoid on the correct
       // side (no 1 - p_t, which would cancel to p_t's rounding as p_t -> 1)
-      const bool hard = binary || yp == T(0) || yp == T(1);
       const T u = correct ? q : inv;
       grad = w * gf * (hard ? (pos ? -u : u) : (xpos ? inv : q) - yp);
     }
@@ -628,8 +628,7 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
   T u = correct ? q : inv;
   T pt = correct ? inv : q;
   const T l = (relu - x * yp) + Fn::log1p01(e, w1, inv);
-  bool soft = LABELS == LABELS_SOFT;
-  if (LABELS == LABELS_PER_ELEMENT) soft = yp != T(0) && yp != T(1);
+  const bool soft = LABELS == LABELS_SOFT || (LABELS == LABELS_PER_ELEMENT && !hard);
   if (!binary && soft) {
     u = -Fn::expm1(-l);
     pt = T(1) - u;

@@ -52,9 +52,9 @@ struct FusedLaunch {
   // ``labels`` holds the stored values, row i's columns are col[crow[i] .. crow[i + 1]), ascending.
   const int64_t* crow;
   const int64_t* col;
-  // Blocks the device keeps resident at once (SMs x blocks_per_sm), or 0 for kMaxBlocks: the grid
-  // is capped there, so each block loops over its items and its fixed costs (the block's sum, the
-  // ticket) spread over them.
+  // The blocks the device keeps resident at once (dbl_cuda.h resident_blocks), or 0 for kMaxBlocks:
+  // the grid is capped there, so each block loops over its items and its fixed costs (the block's
+  // sum, the ticket) spread over them.
   int64_t max_blocks;
 };
 
