@@ -8,6 +8,7 @@ costs that ``sass_cfg.analyse`` reads off the SASS (see static_check's docstring
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -58,7 +59,8 @@ def triton_model(spec, regs=None, sms=SMS):
     program counted 36.7). Without ``regs`` or ``N``: one row tile per program, the costliest case.
     Loops in address order: the persistent row-tile loop; inside it, unless the row is one tile
     (``ONE_TILE``) or unrolled (``C_TILES``), the statistics loop (``STATS`` inline: tiles of
-    ``stats_width() * BLOCK_C`` labels) and the loss loop; then the last program's sum over the
+    ``stats_width() * BLOCK_C`` labels) and the loss loop (two tiles an iteration where EVEN_C is 2);
+    then the last program's sum over the
     partials (one trip, charged to every warp)."""
     from dbl_kernels.triton_kernel.kernels import STATS_INLINE, stats_width
     from dbl_kernels.triton_kernel.tuning import blocks_per_sm
@@ -75,7 +77,7 @@ def triton_model(spec, regs=None, sms=SMS):
             loops.append("statistics")
             trips.append(tiles * (n_cols // (stats_width(ce["REWEIGHT"]) * block_c)))
         loops.append("loss")
-        trips.append(tiles * (n_cols // block_c))
+        trips.append(tiles * (n_cols // (block_c * (2 if ce.get("EVEN_C") == 2 else 1))))
     if not ce["REDUCE_NONE"]:
         loops.append("partial sum")
         trips.append(1)
@@ -128,6 +130,9 @@ def cuda_geometry(n_rows, n_cols, sms=SMS):
     if rounds * _THREADS < vpr:
         rounds = _cdiv(vpr, _THREADS)
     rows = min(rounds * _THREADS // vpr, _MAX_ROWS)
+    align = 32 // math.gcd(vpr, 32)  # rows * vpr a multiple of the warp size where rows allow
+    if rows >= align:
+        rows -= rows % align
     group = 1
     if rows < _THREADS:
         while group * 2 <= _THREADS // rows and group < _THREADS:
@@ -144,8 +149,8 @@ def _cuda_roles(cost, item):
     run_kind), told apart by what they hold: element rounds loops issue MUFU (``element`` without
     the weight tensor, ``element_w`` with its scalar loads), statistics loops load labels
     (``LDG.E.64.CONSTANT``), the row tree reads shared memory (``tree_lanes``) and syncs
-    (``tree_halves``), the row constants of rows without in-block statistics issue MUFU with no
-    inner loop (``finish``)."""
+    (``tree_halves``), the row constants' loop (``rows``: thread r for row r) stores each row's
+    16-byte RowConst to shared memory (``STS.128``)."""
     loops, roles = cost.loops, {}
     for i in loops[item].children:
         lp, kids = loops[i], loops[i].children
@@ -159,8 +164,8 @@ def _cuda_roles(cost, item):
                 roles[i], roles[k] = "stats_chunks", "stats_chunk_rounds"
             else:
                 roles[i], roles[k] = "tree_g1_rows", "tree_g1_lanes"
-        elif lp.own.mufu:
-            roles[i] = "finish"
+        elif lp.ops.get("STS.128"):
+            roles[i] = "rows"
         elif any(op.startswith("BAR") for op in lp.ops):
             roles[i] = "tree_halves"
         elif any(op.startswith("LDG") for op in lp.ops):
@@ -187,10 +192,13 @@ def cuda_model(stats):
         per_item = _cdiv(g["items"], g["blocks"])
         partials = _cdiv(g["blocks"], _THREADS)
         g1 = stats and g["G"] == 1  # one thread per row sums the row's partials
-        want = dict(element=g["rounds"], element_chunks=1,
+            # the slot loops: a warp runs a round while any of its threads has a slot left
+        rounds = _cdiv(g["rows"] * g["vpr"], 32) / (_THREADS // 32)
+        want = dict(element=rounds, element_chunks=1,
                     tree_lanes=_cdiv(g["vpr"], g["G"]) if stats and not g1 else 0,
-                    tree_halves=g["G"].bit_length() - 1 if stats else 0, stats_rounds=g["rounds"] if stats else 0,
-                    tree_g1_rows=1 if g1 else 0, tree_g1_lanes=g["vpr"] if g1 else 0, finish=0 if stats else 1)
+                    tree_halves=g["G"].bit_length() - 1 if stats else 0, stats_rounds=rounds if stats else 0,
+                    tree_g1_rows=1 if g1 else 0, tree_g1_lanes=g["vpr"] if g1 else 0,
+                    rows=_cdiv(g["rows"], 32) / (_THREADS // 32))  # one trip in each warp holding rows
         items = [i for i, lp in enumerate(cost.loops) if lp.parent is None and lp.children]
         best = None
         for item in items:

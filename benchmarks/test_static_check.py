@@ -392,9 +392,9 @@ def test_triton_model_and_budget():
 
 def test_cuda_geometry_follows_the_plan():
     # dbl_plan.h rows_geometry: C = 80 -> 10 vectors a row; N = 4096 wants 1 round -> 25 rows per
-    # item, G = 8 threads per row (pow2_floor(256 / 25))
-    assert static_check.cuda_geometry(4096, 80) == dict(vpr=10, rounds=1, rows=25, chunks=1, items=164, blocks=164,
-                                                        G=8)
+    # item, cut to 16 so that the item's 160 slots fill whole warps; G = 16 threads per row
+    assert static_check.cuda_geometry(4096, 80) == dict(vpr=10, rounds=1, rows=16, chunks=1, items=256, blocks=256,
+                                                        G=16)
     # C = 8192: 1024 vectors, 8 rounds -> 2 rows per item, 128 threads per row
     g = static_check.cuda_geometry(4096, 8192)
     assert (g["rounds"], g["rows"], g["G"], g["items"]) == (8, 2, 128, 2048)
@@ -416,7 +416,7 @@ def test_cuda_model_tells_loops_apart():
              _loop(3, 40, 0, ops={label: 1}),                                   # statistics rounds
              _loop(4, 8, 0, ops={"LDS": 1}),                                    # tree lanes
              _loop(5, 12, 0, ops={"BAR.SYNC": 1}),                              # tree halves
-             _loop(6, 80, 0, mufu=3, ops={"LDG.E": 3}),                         # rows without statistics
+             _loop(6, 80, 0, ops={"LDG.E": 2, "STS.128": 1}),                   # row constants
              _loop(7, 20, 0), _loop(8, 300, 7, mufu=40, ops={"LDG.E": 8}),      # elements, weight tensor
              _loop(9, 20, 0), _loop(10, 250, 9, mufu=40),                       # elements
              _loop(11, 13, ops={"LDG.E.64.STRONG.GPU": 1}), _loop(12, 41, ops={"LDG.E.64.STRONG.GPU": 16})]
@@ -426,23 +426,26 @@ def test_cuda_model_tells_loops_apart():
     cost = sass_cfg.Cost(SassPath(200, 150), loops)
     roles = kernel_models._cuda_roles(cost, 0)
     assert roles == {1: "stats_chunks", 2: "stats_chunk_rounds", 3: "stats_rounds", 4: "tree_lanes",
-                     5: "tree_halves", 6: "finish", 7: "element_chunks_w", 8: "element_w", 9: "element_chunks",
+                     5: "tree_halves", 6: "rows", 7: "element_chunks_w", 8: "element_w", 9: "element_chunks",
                      10: "element"}
-    # C = 80, statistics: 1 item, 1 round, ceil(10 / 8) = 2 tree-lane trips, 3 halvings, 1 sum trip
+    # C = 80, statistics: 1 item of 16 rows, 160 slots: 5 of the 8 warps run the one round (5 / 8 a
+    # warp), 1 tree-lane trip, 4 halvings, the first warp the row constants, 1 sum trip
     est = static_check.cuda_model(True)(cost, 80, 4096)
-    assert est.sass == pytest.approx(32 * (200 + 100 + 40 + 2 * 8 + 3 * 12 + 20 + 250 + 13) / (25 * 80 / 8))
-    assert est.mufu == pytest.approx(32 * 40 / 250)
-    # no statistics (the rows' constants instead), 8 rounds; 8,192 rows: 4,096 items on the 396
-    # resident blocks of 132 SMs -> 11 items a block; 2 partials per thread to add
+    want = 200 + 100 + 40 * 5 / 8 + 8 + 4 * 12 + 80 / 8 + 20 + 250 * 5 / 8 + 13
+    assert est.sass == pytest.approx(32 * want / (16 * 80 / 8))
+    assert est.mufu == pytest.approx(5.0)
+    # no statistics, 8 rounds; 8,192 rows: 4,096 items on the 396 resident blocks of 132 SMs -> 11
+    # items a block; the 2 rows' constants in the first warp; 2 partials per thread to add
     est = static_check.cuda_model(False)(cost, 8192)
-    assert est.sass == pytest.approx(32 * (200 + 11 * (100 + 80 + 20 + 8 * 250) + 2 * 13) / (11 * 2 * 8192 / 8))
+    assert est.sass == pytest.approx(32 * (200 + 11 * (100 + 80 / 8 + 20 + 8 * 250) + 2 * 13) / (11 * 2 * 8192 / 8))
 
 
 def test_cuda_model_one_thread_per_row():
-    # 1,048,576 x 80 (the target): 8 rounds -> 204 rows per item, G = 1 (a thread sums its row's 10
-    # partials); 5,141 items on 396 blocks -> 13 items a block
+    # 1,048,576 x 80 (the target): 8 rounds -> 204 rows, cut to 192 (1,920 slots: the last round's
+    # idle half is 4 whole warps, so a warp runs 7.5 rounds on average), G = 1 (a thread sums its
+    # row's 10 partials); 5,462 items on 396 blocks -> 14 items a block
     g = static_check.cuda_geometry(1 << 20, 80)
-    assert (g["rounds"], g["rows"], g["G"], g["items"], g["blocks"]) == (8, 204, 1, 5141, 396)
+    assert (g["rounds"], g["rows"], g["G"], g["items"], g["blocks"]) == (8, 192, 1, 5462, 396)
     loops = [_loop(0, 100),                                                     # 0 item loop
              _loop(1, 40, 0, ops={"LDG.E.64.CONSTANT": 1}),                     # statistics rounds
              _loop(2, 9, 0), _loop(3, 6, 2),                                    # rows, their partials
@@ -455,8 +458,8 @@ def test_cuda_model_one_thread_per_row():
     assert kernel_models._cuda_roles(cost, 0) == {1: "stats_rounds", 2: "tree_g1_rows", 3: "tree_g1_lanes",
                                                   4: "element_chunks", 5: "element"}
     est = static_check.cuda_model(True)(cost, 80)
-    trips = 13 * (100 + 8 * 40 + 9 + 10 * 6 + 20 + 8 * 250) + 2 * 13
-    assert est.sass == pytest.approx(32 * (200 + trips) / (13 * 204 * 80 / 8))
+    trips = 14 * (100 + 7.5 * 40 + 9 + 10 * 6 + 20 + 7.5 * 250) + 2 * 13
+    assert est.sass == pytest.approx(32 * (200 + trips) / (14 * 192 * 80 / 8))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -125,18 +125,17 @@ struct Block {
     c.n = n < slots ? n : slots;
     return c;
   }
-  // Slot s of chunk c: its row within the item and its vector index in the row. A slot past the
-  // chunk's end computes on the chunk's last vector and is not valid (stores nothing).
+  // Slot s (< c.n) of chunk c: its row within the item and its vector index in the row. Each
+  // thread takes slots t, t + kThreads, ... below c.n: past the chunk's end a thread stops, and a
+  // warp whose threads all have stopped issues nothing (the plan makes a packed item's idle slots
+  // whole warps).
   struct Slot {
     I rl, v;
-    bool valid;
   };
   DBL_BLK Slot slot(int s, const Chunk& c) const {
     Slot r;
-    r.valid = static_cast<I>(s) < c.n;
-    const I sc = r.valid ? static_cast<I>(s) : c.n - 1;
-    r.rl = static_cast<I>(mulhi(static_cast<uint32_t>(sc) << 8, a.g.magic));  // sc / vpr
-    r.v = c.cs + sc - r.rl * static_cast<I>(a.g.vpr);
+    r.rl = static_cast<I>(mulhi(static_cast<uint32_t>(s) << 8, a.g.magic));  // s / vpr
+    r.v = c.cs + static_cast<I>(s) - r.rl * static_cast<I>(a.g.vpr);
     return r;
   }
 
@@ -181,13 +180,12 @@ struct Block {
       const Chunk cn = chunk(0, static_cast<I>(nrows));
       ex.each([&](int t) {
         DBL_NO_UNROLL
-        for (int k = 0; k < a.g.rounds; ++k) {
-          const int s = t + k * kThreads;
+        for (int s = t; s < static_cast<int>(cn.n); s += kThreads) {
           const Slot sl = slot(s, cn);
           T c = T(0), v = T(0);
           vec_stats<KIND>(yi, sl.rl, sl.v * V, tbl, c, v);
-          if (KIND != kStatSumOnly) sh.cnt[s] = sl.valid ? c : T(0);
-          sh.stat[s] = sl.valid ? v : T(0);
+          if (KIND != kStatSumOnly) sh.cnt[s] = c;
+          sh.stat[s] = v;
         }
       });
       return;
@@ -197,14 +195,12 @@ struct Block {
       for (I ch = 0; ch < static_cast<I>(nch); ++ch) {
         const Chunk cn = chunk(ch, static_cast<I>(nrows));
         DBL_NO_UNROLL
-        for (int k = 0; k < a.g.rounds; ++k) {
-          const Slot sl = slot(t + k * kThreads, cn);
+        for (int s = t; s < static_cast<int>(cn.n); s += kThreads) {
+          const Slot sl = slot(s, cn);
           T c = T(0), v = T(0);
           vec_stats<KIND>(yi, sl.rl, sl.v * V, tbl, c, v);
-          if (sl.valid) {
-            cnt += c;
-            st = KIND == STAT_MAX ? (v > st ? v : st) : st + v;
-          }
+          cnt += c;
+          st = KIND == STAT_MAX ? (v > st ? v : st) : st + v;
         }
       }
       if (KIND != kStatSumOnly) sh.cnt[t] = cnt;
@@ -212,12 +208,12 @@ struct Block {
     });
   }
 
-  // Per row: the sum (or max) of its segment of partials, as a fixed tree over G threads. Row r's
-  // threads are r, r + R, r + 2R, ... (R = kThreads / G), so the threads that finish the rows
-  // (t < rows) fill whole warps.
-  template <int KIND, class Finish>
-  DBL_BLK void reduce_rows(int64_t nrows, int64_t nch, Finish&& finish) {  // finish(thread, row, count, stat)
-    static_assert(kThreads == 256, "t / R below is t >> (8 - log2 G)");
+  // Per row: the sum (or max) of its segment of partials, as a fixed tree over G threads, left in
+  // sh.red_c[r], sh.red_s[r] (r < nrows <= kThreads). Row r's threads are r, r + R, r + 2R, ...
+  // (R = kThreads / G).
+  template <int KIND>
+  DBL_BLK void reduce_rows(int64_t nrows, int64_t nch) {
+    static_assert(kThreads == 256 && kMaxRows <= kThreads, "t / R below is t >> (8 - log2 G)");
     const int G = a.g.G, lg = a.g.log2G;
     const int R = kThreads >> lg;
     const int L = nch > 1 ? kThreads : static_cast<int>(a.g.vpr);  // partials per row (<= max_slots)
@@ -232,7 +228,8 @@ struct Block {
             if (KIND != kStatSumOnly) c += sh.cnt[j];
             s = comb(s, sh.stat[j]);
           }
-          finish(t, r, c, s);
+          sh.red_c[r] = c;
+          sh.red_s[r] = s;
         }
       });
       return;
@@ -258,10 +255,6 @@ struct Block {
         }
       });
     }
-    ex.sync();
-    ex.each([&](int t) {
-      if (t < nrows) finish(t, t, sh.red_c[t], sh.red_s[t]);
-    });
   }
 
   // Step 2: loss and gradient of every slot of the item.
@@ -282,8 +275,8 @@ struct Block {
       for (I ch = static_cast<I>(ch0); ch < static_cast<I>(ch0 + nch); ++ch) {
         const Chunk cn = chunk(ch, static_cast<I>(nrows));
         DBL_NO_UNROLL
-        for (int k = 0; k < a.g.rounds; ++k) {
-          const Slot sl = slot(t + k * kThreads, cn);
+        for (int s = t; s < static_cast<int>(cn.n); s += kThreads) {
+          const Slot sl = slot(s, cn);
           const I c = sl.v * V;
           const I out = sl.rl * static_cast<I>(C) + c;
           const RowConst<T> rc = sh.rc[sl.rl];
@@ -321,13 +314,13 @@ struct Block {
           }
           T vsum = lv[0];
           for (int e = 1; e < V; ++e) vsum += lv[e];
-          accf += sl.valid ? vsum : T(0);
+          accf += vsum;
           if constexpr (V == kVec) {
-            if (P::GRAD) store8_if(sl.valid && store_grad, gi + out, gv);
-            store8_if(sl.valid && store_loss, li + out, lv);
+            if (P::GRAD) store8_if(store_grad, gi + out, gv);
+            store8_if(store_loss, li + out, lv);
           } else {
-            if (sl.valid && store_grad) store_one(gi + out, gv[0]);
-            if (sl.valid && store_loss) li[out] = lv[0];
+            if (store_grad) store_one(gi + out, gv[0]);
+            if (store_loss) li[out] = lv[0];
           }
         }
       }
@@ -360,15 +353,16 @@ struct Block {
         const bool rows = !stats_pass && batch_max_needs_rows(sp.reweight, sp.weight_norm);
         // (given row statistics come to the generic kernel only: V == 1 folds it away elsewhere)
         const bool given = V == 1 && a.rows_given;
-        sh.inv_batch = rows ? (given ? a.aux[1] : Fn::rcp(from_max_key(*a.bmax, T(0)))) : a.inv_batch;
+        sh.inv_batch = rows ? (given ? a.aux[1] : Fn::Row::rcp(from_max_key(*a.bmax, T(0)))) : a.inv_batch;
       }
     });
     ex.sync();  // sh.inv_batch is read by every thread's row step
     // Item `block`, then every `nblocks`-th: as (first row, first chunk), stepped without divisions.
     // (tiles per row < 2^31: the tile index is 32-bit)
     const uint32_t tiles = static_cast<uint32_t>(g.tiles), step_tiles = static_cast<uint32_t>(g.step_tiles);
-    int64_t row0 = static_cast<int64_t>(static_cast<uint32_t>(block) / tiles) * g.rows;
-    uint32_t ch0 = static_cast<uint32_t>(block) % tiles;
+    const uint32_t first = static_cast<uint32_t>((static_cast<uint64_t>(block) * g.tile_magic) >> 40);  // block / tiles
+    int64_t row0 = static_cast<int64_t>(first) * g.rows;
+    uint32_t ch0 = static_cast<uint32_t>(block) - first * tiles;
     for (; row0 < a.N; row0 += g.step_rows, ch0 += step_tiles) {
       if (ch0 >= tiles) {
         ch0 -= tiles;
@@ -383,28 +377,33 @@ struct Block {
         if (stats_pass) {
           a.row_stats[2 * (row0 + r)] = count;
           a.row_stats[2 * (row0 + r) + 1] = stat;
-          const T w = row_max_weight<Fn>(count, stat, sp, a.kc);
+          const T w = row_max_weight<typename Fn::Row>(count, stat, sp, a.kc);
           sh.mx[t] = w > sh.mx[t] ? w : sh.mx[t];
         } else {
           ElemConsts<T> kc = a.kc;  // with the reduction scale, read on the device
           kc.gs = a.aux[0];
-          sh.rc[r] = row_const<Fn>(count, stat, sh.inv_batch, sp, kc);
+          sh.rc[r] = row_const<typename Fn::Row, P::WFORM>(count, stat, sh.inv_batch, sp, kc);
         }
       };
+      // The statistics: found here (then in sh.red_c, sh.red_s), given (STATS_PRE) or none. Then
+      // one loop of row constants, thread r for row r: only the warps holding rows run it.
+      const bool here = KIND != STAT_NONE && g.stats == STATS_BLOCK;
       if constexpr (KIND != STAT_NONE) {
-        if (g.stats == STATS_BLOCK) {
+        if (here) {
           stats_step<KIND>(a.stat_tbl, row0, nrows, nch);
-          reduce_rows<KIND>(nrows, nch, finish);
+          reduce_rows<KIND>(nrows, nch);
         }
       }
-      if (g.stats != STATS_BLOCK) {
-        ex.each([&](int t) {
-          for (int64_t r = t; r < nrows; r += kThreads) {
-            const bool pre = g.stats == STATS_PRE;
-            finish(t, r, pre ? a.row_stats[2 * (row0 + r)] : T(0), pre ? a.row_stats[2 * (row0 + r) + 1] : T(0));
-          }
-        });
-      }
+      ex.sync();
+      ex.each([&](int t) {
+        const bool pre = g.stats == STATS_PRE;
+        DBL_NO_UNROLL  // nrows <= kMaxRows = kThreads: one trip
+        for (int64_t r = t; r < nrows; r += kThreads) {
+          const int64_t i = 2 * (row0 + r);
+          finish(t, r, here ? sh.red_c[r] : (pre ? a.row_stats[i] : T(0)),
+                 here ? sh.red_s[r] : (pre ? a.row_stats[i + 1] : T(0)));
+        }
+      });
       ex.sync();
       if (!stats_pass) {
         if (a.w) element_step<true>(row0, nrows, ch0, nch);

@@ -128,16 +128,10 @@ DBL_HD float log1p_small_tail(float e) {
   return ((0.15588874f * e - 0.24544357f) * e + 0.33313555f) * e - 0.49999696f;
 }
 constexpr float kLog1pSmall = 0.125f;
-// log1p(e) / (e ln 2) on [0, 1]: degree 7, fitted for relative error (3.2e-7 in fp32 Horner steps).
-DBL_HD float log1p_ratio_bits(float e) {
-  float p = -0.012318820f;
-  p = p * e + 0.063604735f;
-  p = p * e - 0.15534610f;
-  p = p * e + 0.25600451f;
-  p = p * e - 0.35339239f;
-  p = p * e + 0.48006311f;
-  p = p * e - 0.72131002f;
-  return p * e + 1.4426948f;
+// log1p(e) / (e ln 2) on [0, 1/16]: degree 2, fitted for relative error (1.8e-6 in fp32 steps; the
+// Triton kernels' _log1p_bits holds the same fit).
+DBL_HD float log1p_small_bits(float e) {
+  return (0.44893747568130493f * e - 0.7206119894981384f) * e + 1.442692518234253f;
 }
 }  // namespace detail
 
@@ -217,8 +211,20 @@ DBL_HD float flog2(float v) {
   return kf + detail::log1p_core(f) * detail::kLog2e;
 }
 
+// 1 / x with no MUFU instruction (the device's per-row math, see DeviceRowFns): Newton's iteration
+// from the bit-trick guess (relative error 1/8, squared each step: 4 steps reach rounding) for
+// |x| in [2^-125, 2^125]; +-inf at +-0, 0 at inf, NaN kept.
+DBL_HD float frcp(float x) {
+  const float m = ::fabsf(x);
+  float r = bits_float(0x7EF311C3 - float_bits(m));
+  for (int i = 0; i < 4; ++i) r = r * (2.0f - m * r);
+  r = m == 0.0f ? INFINITY : (m == INFINITY ? 0.0f : r);
+  return ::copysignf(r, x);
+}
+
 // ---------------------------------------------------------------------------------------------
-// Function policies.
+// Function policies. Row: the policy of the per-row and per-launch math (row statistics to row
+// constants), which runs a few times per row.
 // ---------------------------------------------------------------------------------------------
 // fp64 (every policy): libm.
 struct F64Fns {
@@ -229,6 +235,7 @@ struct F64Fns {
   static DBL_HD double log1p01(double e, double, double) { return ::log1p(e); }
   static DBL_HD double expm1(double x) { return ::expm1(x); }
   static constexpr bool kApproxPow = false;
+  using Row = F64Fns;
 };
 
 // CPU kernel: exact polynomials; l from log1p(e) directly.
@@ -239,8 +246,9 @@ struct CpuFns : F64Fns {
   using F64Fns::exp_neg;
   using F64Fns::log1p01;
   using F64Fns::expm1;
-  static constexpr bool kPolyL = false;
+  static constexpr bool kDevice = false;
   static constexpr bool kOneDivision = true;
+  using Row = CpuFns;
   static DBL_HD float ex2(float x) { return fexp2(x); }
   static DBL_HD float lg2(float v) { return flog2(v); }
   static DBL_HD float rcp(float x) { return 1.0f / x; }
@@ -257,11 +265,19 @@ struct CpuFns : F64Fns {
   static DBL_HD float expm1(float x) { return fexpm1(x); }
 };
 
+// The device's per-row math: CpuFns' polynomials and a Newton reciprocal, no MUFU instruction, so
+// the main paths' MUFU budget (5 an element) is all the elements'.
+struct DeviceRowFns : CpuFns {
+  using CpuFns::rcp;
+  static DBL_HD float rcp(float x) { return frcp(x); }
+  using Row = DeviceRowFns;
+};
+
 // The device's formulas over three primitives I::ex2, I::lg2, I::rcp (fp32). lg2.approx has an
 // absolute error of up to 2^-22 near 1, so log1p(e) = ln 2 lg2(1 + e) (with the rounding of 1 + e
 // compensated: c = e - ((1 + e) - 1) is exact) serves e >= 1/8 only, where log1p(e) >= 0.117 and
-// the error is <= 1.5e-6 relative; below, a polynomial. kPolyL: the binary gamma = 2 path takes
-// l from one polynomial in e over [0, 1] instead, with no lg2 (element_focal2_device).
+// the error is <= 1.5e-6 relative; below, a polynomial. kDevice: the binary gamma = 2 path has a
+// form of its own (element_focal2_device). Rows: DeviceRowFns.
 template <class I>
 struct DeviceFormula : F64Fns {
   using F64Fns::ex2;
@@ -270,11 +286,12 @@ struct DeviceFormula : F64Fns {
   using F64Fns::exp_neg;
   using F64Fns::log1p01;
   using F64Fns::expm1;
-  static constexpr bool kPolyL = true;
+  static constexpr bool kDevice = true;
   static constexpr bool kOneDivision = false;
   // pow as ex2(g lg2(b)) carries lg2's relative error times g |lg2 b| (~1e-5 for b ~ 2^-24):
   // integer exponents are products instead
   static constexpr bool kApproxPow = true;
+  using Row = DeviceRowFns;
   static DBL_HD float ex2(float x) { return I::ex2(x); }
   static DBL_HD float lg2(float v) { return I::lg2(v); }
   static DBL_HD float rcp(float x) { return I::rcp(x); }
@@ -490,7 +507,7 @@ DBL_HD T elem_weight(int wform, T tw, const RowConst<T>& r, const ElemConsts<T>&
 
 // count = sum_j y+_ij; stat = sum_j y+_ij * table_j (STAT_SUM) or max_{y+_ij > 0} cb_j (STAT_MAX);
 // inv_batch: 1 / the batch max weight (by_batch only).
-template <class Fn, class T>
+template <class Fn, int WFORM = WF_RUNTIME, class T>
 DBL_HD RowConst<T> row_const(T count, T stat, T inv_batch, const Spec<T>& s, const ElemConsts<T>& k) {
   const bool inst = s.weight_norm == NORM_INSTANCE;
   const T batch = s.weight_norm == NORM_BATCH ? inv_batch : T(1);
@@ -498,7 +515,7 @@ DBL_HD RowConst<T> row_const(T count, T stat, T inv_batch, const Spec<T>& s, con
   RowConst<T> r;
   r.av = T(0);
   r.unused = T(0);
-  if (s.reweight == RW_REBALANCE) {
+  if (WFORM == WF_REBAL || (WFORM == WF_RUNTIME && s.reweight == RW_REBALANCE)) {  // a path of one form: its branch
     r.u = rebalance_u<Fn>(stat, s);
     r.v = scale * (inst ? Fn::rcp(rebalance_raw<Fn>(s.w_max, r.u, k)) : batch);
     r.av = s.map_alpha * r.v;
@@ -532,10 +549,11 @@ DBL_HD double dabs(double x) { return ::fabs(x); }
 // then with u = sigmoid(x') = 1 - p_t and L = softplus(x') / ln 2: loss = W u^2 L and
 // d loss / d z = W u^2 (u + 2 ln2 p_t L) s_x, s_x = dx'/dz (W's ln 2 and s_x's log2(e) cancel).
 // Nothing after the first steps waits on the label (kept to the end, the eight labels of a vector
-// overflow the predicate registers). L = (x' > 0 ? x' : 0) + log1p(e) / ln 2 with log1p(e) = e P(e)
-// on [0, 1]: no lg2, one MUFU fewer, and exact in relative terms as p_t -> 1, where lg2(p_t) would
-// carry lg2's absolute error (2^-22) and p_t's rounding as ~2^-22 / e relative (4e-5 in a batch of
-// |x| ~ 5 logits). Past |x| ~ 87, e flushes to 0: L = x' or 0.
+// overflow the predicate registers). E = 2^x' (x' capped at 126, NaN kept: E finite, p_t normal),
+// p_t = 1 / (1 + E), u = E p_t: exact in relative terms at both ends, with no select on the sign
+// of x'. L = E P(E) below E = 1/16, where lg2(1 + E) would carry lg2.approx's absolute error
+// (2^-22) and 1 + E's rounding as ~2^-22 / E relative; lg2(1 + E) above (3.7e-6 relative at
+// worst); x' itself past the cap. Five MUFU with the rebalance sigmoid's two.
 // ---------------------------------------------------------------------------------------------
 template <class T, class Fn, int WFORM, bool NTR, bool GRAD>
 DBL_HD T element_focal2_device(T z, bool pos, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k,
@@ -546,18 +564,14 @@ DBL_HD T element_focal2_device(T z, bool pos, T f, T tw, T bias, const RowConst<
   const T c = NTR ? T(1) : ln2;
   const T xb = (NTR ? z + bias : z) * sx;
   const T w = elem_weight<Fn>(WFORM, tw, r, k, c) * (f * lw);
-  const T ab = dabs(xb);
-  const T e = Fn::ex2(-ab);           // exp(-|x'|) in (0, 1]
-  const T inv = Fn::rcp(T(1) + e);    // sigmoid(|x'|)
-  const T q = e * inv;                // sigmoid(-|x'|)
-  const bool wrong = xb > T(0);
-  const T u = wrong ? inv : q;
-  const T L = (wrong ? ab : T(0)) + e * detail::log1p_ratio_bits(e);
+  const T E = Fn::ex2(xb > T(126) ? T(126) : xb);  // (a NaN compares false and stays)
+  const T q = T(1) + E;
+  const T pt = Fn::rcp(q);
+  const T u = E * pt;
+  const T small = E * detail::log1p_small_bits(E);
+  const T L = fmaxf(E < T(0.0625) ? small : Fn::lg2(q), xb);
   const T wm = w * (u * u);
-  if (GRAD) {
-    const T pt = wrong ? q : inv;
-    grad = wm * (u + (T(2) * ln2) * pt * L) * sx;
-  }
+  if (GRAD) grad = wm * (u + (T(2) * ln2) * pt * L) * sx;
   return wm * L;
 }
 
@@ -572,7 +586,7 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
   const int wform = WFORM == WF_RUNTIME ? k.wform : WFORM;
   const int focal = FOCAL == FOCAL_RUNTIME ? k.focal : FOCAL;
   constexpr bool binary = LABELS == LABELS_BINARY;
-  if constexpr (Fn::kPolyL && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary && WFORM != WF_RUNTIME)
+  if constexpr (Fn::kDevice && sizeof(T) == 4 && FOCAL == FOCAL_SQUARE && binary && WFORM != WF_RUNTIME)
     return element_focal2_device<T, Fn, WFORM, NTR, GRAD>(z, pos, f, tw, bias, r, k, grad);
   const T eb = wform == WF_REBAL ? Fn::ex2(r.u * tw + k.c0) : T(0);  // the rebalance sigmoid is 1 / (1 + eb)
   // NTR: x = (z + b) s with s = y+ + lam (1 - y+); the loss weight gets the factor
@@ -612,7 +626,7 @@ DBL_HD T element(T z, T yp, bool pos, T f, T tw, T bias, const RowConst<T>& r, c
   const T relu = xpos ? x : T(0);
   // Whether x is on its label's side of 0 (y+ in {0, 1}). (g++ vectorises a comparison of the
   // margin, not an equality of two comparisons; at x = 0 both choices give the same values)
-  const bool correct = Fn::kPolyL ? xpos == pos : (pos ? x : -x) >= T(0);
+  const bool correct = Fn::kDevice ? xpos == pos : (pos ? x : -x) >= T(0);
   const bool hard = binary || yp == T(0) || yp == T(1);  // this label in {0, 1}
   if (focal == FOCAL_OFF) {
     if (GRAD) {

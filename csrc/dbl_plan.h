@@ -101,6 +101,7 @@ struct Geometry {
   // A block's next item is `blocks` items on: `step_rows` rows and `step_tiles` tiles further.
   int64_t step_rows, step_tiles;
   uint32_t magic;   // s / vpr == (s * magic) >> 24 for the slots s of a packed item (0: one row)
+  uint64_t tile_magic;  // b / tiles == (b * tile_magic) >> 40 for the blocks b (no division on the device)
 };
 
 struct Plan {
@@ -115,6 +116,10 @@ struct Plan {
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t gcd_pow2(int64_t a, int64_t p2) {  // gcd(a, p2) for a power of two p2
+  while (p2 > 1 && a % p2 != 0) p2 /= 2;
+  return p2;
+}
 
 inline int pow2_floor(int64_t x) {
   int p = 1;
@@ -132,6 +137,8 @@ inline void finish_geometry(Geometry& g, int64_t max_blocks) {
   g.blocks = g.items < max_blocks ? g.items : max_blocks;
   g.step_rows = g.blocks / g.tiles * g.rows;
   g.step_tiles = g.blocks % g.tiles;
+  // exact while blocks * tiles < 2^40 (blocks <= kMaxBlocks = 2^12: tiles < 2^28, C < 2^42)
+  g.tile_magic = (uint64_t(1) << 40) / static_cast<uint64_t>(g.tiles) + 1;
 }
 
 // Whole rows per item (or one row in chunks when a row exceeds a chunk).
@@ -148,6 +155,10 @@ inline Geometry rows_geometry(int64_t N, int64_t vpr, int stats, bool fp64, int6
     if (rounds * kThreads < vpr) rounds = ceil_div(vpr, kThreads);
     g.rows = rounds * kThreads / vpr;
     if (g.rows > kMaxRows) g.rows = kMaxRows;
+    // rows * vpr a multiple of the warp size where rows allow: the last round's idle slots are then
+    // whole warps, which skip it (dbl_block.h Block::slot)
+    const int64_t align = 32 / gcd_pow2(vpr, 32);
+    if (g.rows >= align) g.rows -= g.rows % align;
     g.rounds = static_cast<int>(ceil_div(g.rows * vpr, kThreads));
     g.chunks = 1;
     g.items = ceil_div(N, g.rows);

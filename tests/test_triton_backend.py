@@ -165,6 +165,27 @@ def test_column_tile_loop(split, rows_per_program):
             _check(stats, z, y, **cfg)
 
 
+@pytest.mark.parametrize("num_classes, even", [(64, 2), (48, 1)])
+def test_column_loop_in_pairs(monkeypatch, num_classes, even):
+    """C a multiple of two column tiles: the loop takes two tiles an iteration (EVEN_C = 2), over
+    whole rows and over column chunks; three tiles, or plain BCE (a light element), one a time."""
+    from dbl_kernels.triton_kernel import tuning
+
+    seen = []
+    real = tuning.even_c
+    monkeypatch.setattr(tuning, "even_c", lambda *a: seen.append(real(*a)) or seen[-1])
+    stats = _stats(num_classes, seed=8)
+    for split in (None, 2):
+        with tk._force_tiles(one_tile_max_c=0, loop_block_c=16, loop_tile_elems=32, split=split, chunk_align=32,
+                             stats_block_c=32):
+            for i, (cfg, labels) in enumerate([(dict(), "uint8"), (dict(reduction="none"), "partial"),
+                                               (dict(reweight=None, focal=False, logit_reg=False), "uint8")]):
+                seen.clear()
+                z, y = _inputs(5, num_classes, labels, seed=40 + i)
+                _check(stats, z, y, **cfg)
+                assert set(seen) == {1 if i == 2 else even}, (split, cfg, seen)
+
+
 @pytest.mark.parametrize("block_c", [16, 32])
 def test_narrow_column_tiles(block_c):
     """C = 80 in 16-wide column tiles (unrolled: C is 5 of them; what the autotuner picks) or 32-wide

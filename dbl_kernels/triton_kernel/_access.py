@@ -104,11 +104,11 @@ def _columns(c0, BLOCK_C: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _col(cp_ptr, ROW: tl.constexpr, C, cols, cmask, MASK_C: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One class-table row at ``cols``, loaded as the whole [BLOCK_N, BLOCK_C] tile (each thread
+def _col(cp_ptr, ROW: tl.constexpr, C, cols, SHIFT: tl.constexpr, cmask, MASK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One class-table row at ``cols`` + SHIFT (see kernels._tile), loaded as the whole [BLOCK_N, BLOCK_C] tile (each thread
     reads its own columns): a [1, BLOCK_C] load would get a layout of its own and a shared-memory
     conversion into the tile's on every use."""
-    ptrs = tl.broadcast_to(cp_ptr + ROW * C + cols, (BLOCK_N, cols.shape[1]))
+    ptrs = tl.broadcast_to(cp_ptr + ROW * C + cols + SHIFT, (BLOCK_N, cols.shape[1]))
     if MASK_C:
         return tl.load(ptrs, mask=tl.broadcast_to(cmask, (BLOCK_N, cols.shape[1])), other=0.0)
     else:

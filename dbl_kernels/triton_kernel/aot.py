@@ -13,7 +13,8 @@ import itertools
 import torch
 
 from .._spec import REWEIGHT_CB_AVG_W, REWEIGHT_NONE, REWEIGHT_REBALANCE
-from .tuning import SCALE_BLOCK, STATS_TILE, STATS_WARPS, light, loop_configs, one_tile_max_c, row_configs
+from .tuning import (SCALE_BLOCK, STATS_TILE, STATS_WARPS, even_c, light, loop_configs, one_tile_max_c,
+                     row_configs)
 from ._math import POW_ANY, POW_NONE, POW_ONE, POW_TWO
 from .kernels import (ASYM_CLIP, ASYM_FOCUS_GRAD, ASYM_ON, OPTIONS, STATS_BUFFER, STATS_GIVEN, STATS_INLINE,
                       STATS_MODES, STATS_NONE, _fused_kernel, _scale_kernel, _stats_kernel)
@@ -116,9 +117,12 @@ def _main_variants(quick):
         base = dict(axes, HAS_WEIGHT=False, HARD_LABELS=hard, HAS_UNKNOWN=unknown,
                     STATS=STATS_INLINE if axes["REWEIGHT"] in STATS_MODES else STATS_NONE, stats_split=1)
         regime = "rows" if n_cols <= one_tile_max_c(zd) else "loop"
-        for c, w in launch_configs(n_cols, zd, yd, grad, axes["REWEIGHT"], axes["ASYM"]):
+        configs = launch_configs(n_cols, zd, yd, grad, axes["REWEIGHT"], axes["ASYM"])
+        even = even_c(n_cols, n_cols, {c["BLOCK_C"] for c, _ in configs},  # as the launcher finds it
+                      axes["REWEIGHT"] != REWEIGHT_NONE or axes["POW"] != POW_NONE)
+        for c, w in configs:
             yield _spec_dict(_fused_kernel, f"{regime}-{_tag(zd, yd, None, axes)}-C{n_cols}-{_tile_name(c, w)}",
-                             _fused_types(zd, yd, None), dict(base, EVEN_C=n_cols % c["BLOCK_C"] == 0, **c), w, True,
+                             _fused_types(zd, yd, None), dict(base, EVEN_C=even, **c), w, True,
                              _MAIN_ALIGNED,
                              problem=dict(loss=loss, C=n_cols, N=MAIN_N[n_cols]), wide_loads=True)
 

@@ -108,18 +108,18 @@ def _options(cp_ptr, C, alpha, reb_c, reb_slope_max, w_max, sig_neg, inv_neg, ga
 def _accumulate_stats(A, B, pos, cp_ptr, C, cols, cmask, REWEIGHT: tl.constexpr, HARD_LABELS: tl.constexpr,
                       HAS_UNKNOWN: tl.constexpr, MASK_C: tl.constexpr):
     if REWEIGHT == _REBALANCE:
-        A = _pick_add(A, pos, _col(cp_ptr, _ROW_INV, C, cols, cmask, MASK_C, A.shape[0]), HARD_LABELS, HAS_UNKNOWN)
+        A = _pick_add(A, pos, _col(cp_ptr, _ROW_INV, C, cols, 0, cmask, MASK_C, A.shape[0]), HARD_LABELS, HAS_UNKNOWN)
     elif REWEIGHT == _CB_MIN_N:
-        cw = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, A.shape[0])
+        cw = _col(cp_ptr, _ROW_CLASS_W, C, cols, 0, cmask, MASK_C, A.shape[0])
         if HARD_LABELS:
             A = tl.maximum(A, tl.where(_is_pos(pos, HAS_UNKNOWN), cw, 0.0))
         else:
             A = tl.maximum(A, tl.where(pos > 0.0, cw, 0.0))
     else:
         if REWEIGHT == _CB_AVG_N:
-            v = _col(cp_ptr, _ROW_FREQ, C, cols, cmask, MASK_C, A.shape[0])
+            v = _col(cp_ptr, _ROW_FREQ, C, cols, 0, cmask, MASK_C, A.shape[0])
         else:
-            v = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, A.shape[0])
+            v = _col(cp_ptr, _ROW_CLASS_W, C, cols, 0, cmask, MASK_C, A.shape[0])
         A = _pick_add(A, pos, v, HARD_LABELS, HAS_UNKNOWN)
         B = _pick_add(B, pos, tl.full(B.shape, 1.0, B.dtype), HARD_LABELS, HAS_UNKNOWN)
     return A, B
@@ -242,8 +242,10 @@ def _key_float(key, CDT: tl.constexpr):
 #       CSR): the constexpr flags (the compute dtype is the class table's)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
-    """Columns ``cols`` ([1, BLOCK_C]; masked by c_end iff MASK_C) of the tile's rows; ``lab`` its
+def _tile(acc, lab, cols, SHIFT: tl.constexpr, c_end, MASK_C: tl.constexpr, P, R, S, F):
+    """Columns ``cols`` + SHIFT ([1, BLOCK_C]; masked by c_end iff MASK_C) of the tile's rows: the
+    constant SHIFT is added to each address last, where it folds into the load's or store's offset
+    (added to ``cols`` it costs each access its own 64-bit address); ``lab`` its
     (y+, known) from _load_labels, or None to load them. The element's weight over S: sigmoid * wa
     + wb (rebalance), ``rw`` where the row has a positive else cb_j * wa (CB row modes), cb_j * wa
     (class vector) or wa."""
@@ -263,7 +265,7 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
     CSR: tl.constexpr = F[9]
     CDT: tl.constexpr = cp_ptr.dtype.element_ty
     BLOCK_N: tl.constexpr = rows64.shape[0]
-    cmask = cols < c_end
+    cmask = cols + SHIFT < c_end
     if MASK_C:
         lmask = cmask
         mask = rmask & cmask
@@ -271,28 +273,31 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
         lmask = None
         mask = rmask
     if lab is None:
-        pos, known = _tile_labels(y_rows, cols, lmask, csr, CDT, HARD_LABELS, HAS_UNKNOWN, CSR)
+        if CSR:
+            pos, known = _tile_labels(y_rows, cols + SHIFT, lmask, csr, CDT, HARD_LABELS, HAS_UNKNOWN, CSR)
+        else:
+            pos, known = _load_labels(y_rows + cols + SHIFT, lmask, CDT, HARD_LABELS, HAS_UNKNOWN)
     else:
         pos, known = lab
-    z = _ld(z_ptr + rows64 * stride_z + cols, lmask)
+    z = _ld(z_ptr + rows64 * stride_z + cols + SHIFT, lmask)
     if z.dtype == tl.bfloat16:
         z = _bf16_f32(z)
     else:
         z = z.to(CDT)
     # w: the element's re-weighting * normalisation * loss scale * aux[0], over S
     if REWEIGHT == _REBALANCE:  # alpha + sigmoid(beta (1/n_j / r_i - gamma)), the sigmoid in base 2
-        w = _sigmoid_bits(_col(cp_ptr, _ROW_REB_SLOPE, C, cols, cmask, MASK_C, BLOCK_N) * row + reb_c) * wa + wb
+        w = _sigmoid_bits(_col(cp_ptr, _ROW_REB_SLOPE, C, cols, SHIFT, cmask, MASK_C, BLOCK_N) * row + reb_c) * wa + wb
     elif REWEIGHT == _CLASS:
-        w = _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, BLOCK_N) * wa
+        w = _col(cp_ptr, _ROW_CLASS_W, C, cols, SHIFT, cmask, MASK_C, BLOCK_N) * wa
     elif REWEIGHT == _CB_AVG_W or REWEIGHT == _CB_AVG_N or REWEIGHT == _CB_MIN_N:
-        w = tl.where(has_pos, rw, _col(cp_ptr, _ROW_CLASS_W, C, cols, cmask, MASK_C, BLOCK_N) * wa)
+        w = tl.where(has_pos, rw, _col(cp_ptr, _ROW_CLASS_W, C, cols, SHIFT, cmask, MASK_C, BLOCK_N) * wa)
     else:
         w = tl.broadcast_to(wa, z.shape)
     if HAS_WEIGHT:
-        wt = _ld(wt_ptr + rows64 * stride_wn + cols.to(tl.int64) * stride_wc, lmask)
+        wt = _ld(wt_ptr + rows64 * stride_wn + (cols + SHIFT).to(tl.int64) * stride_wc, lmask)
         w = w * wt.to(CDT)
     if LOGIT_REG:
-        z = z + _col(cp_ptr, _ROW_BIAS, C, cols, cmask, MASK_C, BLOCK_N)
+        z = z + _col(cp_ptr, _ROW_BIAS, C, cols, SHIFT, cmask, MASK_C, BLOCK_N)
     if ASYM > 0:
         # natural units; NTR from y+ (soft allowed), ASL's target from the smoothed y+
         unit = _LOG2E if CDT == tl.float32 else 1.0
@@ -302,7 +307,7 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
             sc = yp + (1.0 - yp) * (sig_neg / unit)
             w = w * (yp + (1.0 - yp) * inv_neg)
             z = z * sc
-        loss, d = _asl_element(z, yp * keep + shift, _col(cp_ptr, _ROW_POS_W, C, cols, cmask, MASK_C, BLOCK_N),
+        loss, d = _asl_element(z, yp * keep + shift, _col(cp_ptr, _ROW_POS_W, C, cols, SHIFT, cmask, MASK_C, BLOCK_N),
                                gamma, gamma_neg, clip, ASYM % 4 >= 2, ASYM >= 4, HAS_GRADIENTS)  # ASYM_CLIP, _FOCUS_GRAD
         loss = w * loss
         g = w * d
@@ -344,13 +349,13 @@ def _tile(acc, lab, cols, c_end, MASK_C: tl.constexpr, P, R, S, F):
         g = tl.where(known, g, 0.0)
     out_offs = rows64 * C + cols
     if REDUCE_NONE:
-        tl.store(out_ptr + out_offs, loss, mask=mask)
+        tl.store(out_ptr + out_offs + SHIFT, loss, mask=mask)
     else:
         if MASK_C:
             loss = tl.where(cmask, loss, 0.0)
         acc += loss
     if HAS_GRADIENTS:
-        tl.store(grad_ptr + out_offs, g.to(grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_ptr + out_offs + SHIFT, g.to(grad_ptr.dtype.element_ty), mask=mask)
     return acc
 
 
@@ -362,18 +367,26 @@ def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.c
     which EVEN_C (every chunk a multiple of BLOCK_C) compiles away."""
     if C_TILES > 0:
         for c in tl.static_range(C_TILES):
-            acc = _tile(acc, None, _columns(c * BLOCK_C, BLOCK_C, VEC), c_end, False, P, R, S, F)
+            acc = _tile(acc, None, _columns(c * BLOCK_C, BLOCK_C, VEC), 0, c_end, False, P, R, S, F)
     else:
         ALIGN: tl.constexpr = BLOCK_C if BLOCK_C < 16 else 16
         if EVEN_C:
             c_full = c_end
         else:
             c_full = c_begin + (c_end - c_begin) // BLOCK_C * BLOCK_C
-        for c0 in range(c_begin, c_full, BLOCK_C):
-            acc = _tile(acc, None, _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC), c_end, False, P, R, S, F)
+        if EVEN_C == 2:
+            # two tiles an iteration: the second's addresses are the first's plus a constant, and
+            # the loop's own instructions run half as often
+            for c0 in range(c_begin, c_full, 2 * BLOCK_C):
+                cols = _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC)
+                acc = _tile(acc, None, cols, 0, c_end, False, P, R, S, F)
+                acc = _tile(acc, None, cols, BLOCK_C, c_end, False, P, R, S, F)
+        else:
+            for c0 in range(c_begin, c_full, BLOCK_C):
+                acc = _tile(acc, None, _columns(tl.multiple_of(c0, ALIGN), BLOCK_C, VEC), 0, c_end, False, P, R, S, F)
         if not EVEN_C:
             if c_full < c_end:
-                acc = _tile(acc, None, _columns(c_full, BLOCK_C, VEC), c_end, True, P, R, S, F)
+                acc = _tile(acc, None, _columns(c_full, BLOCK_C, VEC), 0, c_end, True, P, R, S, F)
     return acc
 
 
@@ -478,7 +491,7 @@ def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stat
         R = (row[:, None], has_pos[:, None], (row * wa)[:, None], wa[:, None], wb[:, None])
         S = (o[1], o[4], o[5], o[6], o[7], o[10], o[11], o[12], o[13])
         if ONE_TILE:
-            acc = _tile(acc, lab, cols, C, True, P, R, S,
+            acc = _tile(acc, lab, cols, 0, C, True, P, R, S,
                         (REWEIGHT, LOGIT_REG, POW, REDUCE_NONE, HAS_GRADIENTS, HAS_WEIGHT, HARD_LABELS, HAS_UNKNOWN,
                          ASYM, CSR))
         else:

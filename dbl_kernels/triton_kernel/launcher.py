@@ -20,7 +20,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .. import ops
 from .._spec import (INV_FREQ, MODE_ASYMMETRIC, MODE_CHECK_LABELS, MODE_FOCAL, MODE_FOCUS_GRAD, MODE_LOGIT_REG,
                      MODE_NORM, MODE_REDUCTION, MODE_REWEIGHT, NORM_BATCH, POS_W, REDUCTION_MEAN, REDUCTION_NONE,
-                     REDUCTION_PER_CLASS, REDUCTION_SUM, SCALARS)
+                     REDUCTION_PER_CLASS, REDUCTION_SUM, REWEIGHT_NONE, SCALARS)
 from .._tracing import is_eager
 from ..reference import compute_dtype
 from . import tuning
@@ -354,9 +354,10 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
         stats_mode = STATS_GIVEN
     elif needs_stats:
         stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
-    even = all(n_cols % b == 0 and chunk % b == 0 for b in plan.widths)  # no config has a column tail
+    pow_ = pow_mode(focal, gamma)
+    even = tuning.even_c(n_cols, chunk, plan.widths, reweight_mode != REWEIGHT_NONE or pow_ != POW_NONE)
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
-                  POW=pow_mode(focal, gamma), REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
+                  POW=pow_, REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode,
                   ASYM=asym, CSR=csr is not None, EVEN_C=even)
     ws = workspace(device, dtype, max(max_programs(device), tiles.programs or 0), cached)

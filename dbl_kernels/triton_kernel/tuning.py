@@ -25,10 +25,13 @@ CHUNK_ALIGN = 4096  # column-split chunks are multiples of every BLOCK_C, so til
 ONE_TILE_MAX_C = 4096  # above: the wide regime (2-4 rows per tile, column tiles up to 4096 wide)
 # Elements per thread per tile: 8 (one 128-bit bf16 load) or 16; more would cut occupancy or spill.
 _ROW_TILES = ((1024, 4), (2048, 4), (2048, 8), (4096, 8))  # (TILE_ELEMS, num_warps) of narrow rows
-# (BLOCK_N, BLOCK_C, num_warps) of wide rows, 8-16 elements per thread in at most 2 rows (more rows take
-# a row pointer each and cost instructions). 8 warps of 16 elements spill: ptxas caps them at 128
-# registers (two blocks per SM).
-_WIDE_TILES = ((2, 1024, 4), (4, 1024, 16), (4, 2048, 16))
+# (BLOCK_N, BLOCK_C, num_warps) of wide rows, 16 elements per thread in at most 2 rows (more rows take
+# a row pointer each and cost instructions): 4 warps, or 16 (the H100's autotuner chose 16-warp tiles
+# on wide rows: more loads in flight). 8 warps of 16 elements spill: ptxas caps them at 128
+# registers (two blocks per SM). Tiles of 8 elements a thread (4 x 1024 and 4 x 2048 on 16 warps)
+# spent 37-38.7 SASS instructions per element on DB-focal at C = 8,192 (over static_check's budget
+# of 36): per-row-tile work over half the elements.
+_WIDE_TILES = ((2, 1024, 4), (8, 1024, 16))
 MAX_PADDING = 0.1  # column tiles may pad C by at most this share (C = 80: 16-wide tiles only)
 SCALE_BLOCK = 4096
 STATS_TILE = 1024
@@ -146,6 +149,18 @@ def loop_configs(dtype, light=16):
     if not configs:  # fp64 and heavy elements: one row, pt elements per thread
         configs[(1, 32 * most * pt, most)] = None
     return [(dict(BLOCK_N=n, BLOCK_C=b, ONE_TILE=False, C_TILES=0), w) for n, b, w in configs]
+
+
+def even_c(n_cols, chunk, widths, heavy):
+    """_fused_kernel's EVEN_C for a launch whose configs have column tiles of ``widths``: 2 where C
+    and every column chunk are multiples of twice each width and the element is ``heavy`` (a
+    re-weighting or a focal term: the column loop then takes two tiles an iteration, which saves
+    ~0.5-1 SASS instruction per element and costs registers; plain BCE, at ~20 an element, spilled
+    with fp32 logits), 1 where they are multiples of each width (no masked tail), else 0."""
+    for even in (2, 1) if heavy else (1,):
+        if all(n_cols % (even * b) == 0 and chunk % (even * b) == 0 for b in widths):
+            return even
+    return 0
 
 
 def min_rows(configs):
