@@ -336,6 +336,29 @@ def test_slot_division_by_multiplication_is_exact():
     assert np.array_equal((s * magic) >> 24, s // vpr)
 
 
+def test_block_division_by_multiplication_is_exact():
+    # csrc/dbl_plan.h tile_magic: a block's first item b // tiles == (b * (2^40 // tiles + 1)) >> 40
+    # for every block b of the grid (< kMaxBlocks = 4096) and tiles up to 2^28
+    b = np.arange(4096, dtype=np.int64)[:, None]
+    tiles = np.concatenate([np.arange(1, 4097), np.unique(np.geomspace(4097, 1 << 28, 400).astype(np.int64))])
+    magic = (1 << 40) // tiles + 1
+    assert np.array_equal((b * magic[None, :]) >> 40, b // tiles[None, :])
+
+
+@needs_ext
+def test_model_geometry_matches_the_plan():
+    # benchmarks/kernel_models.py mirrors dbl_plan.h's geometry of the vector paths: rows per item
+    # (cut so that a packed item's slots fill whole warps), rounds, items, blocks and threads per row
+    model = _static_check().cuda_geometry
+    for n, c in ((7, 80), (600, 80), (4096, 80), (513, 1000), (64, 24), (40, 4096), (9, 8192)):
+        z, yf = _inputs(n, c, seed=n)
+        _, _, plan = _emulate(c, DB_FOCAL, z, yf.clamp(min=0).to(torch.uint8), max_blocks=2 * 3)
+        g = model(n, c, sms=2)
+        assert plan[4:] == [g["rows"], g["rounds"], g["chunks"], 1, g["items"], g["blocks"], g["G"]], (n, c, plan, g)
+        packed = g["rows"] * g["vpr"]
+        assert packed % 32 == 0 or g["rows"] < 32 // np.gcd(g["vpr"], 32), (n, c, g)
+
+
 # ------------------------------------------------------------------------------------------------
 # The machine code (sm_90): the main paths' instruction budget, read from the SASS.
 # ------------------------------------------------------------------------------------------------
