@@ -130,8 +130,8 @@ def cuda_geometry(n_rows, n_cols, sms=SMS):
     if rounds * _THREADS < vpr:
         rounds = _cdiv(vpr, _THREADS)
     rows = min(rounds * _THREADS // vpr, _MAX_ROWS)
-    align = 32 // math.gcd(vpr, 32)  # rows * vpr a multiple of the warp size where rows allow
-    if rows >= align:
+    align = 32 // math.gcd(vpr, 32)  # rows * vpr a multiple of the warp size, if that costs <= 1/8 of them
+    if rows >= align and (rows % align) * 8 <= rows:
         rows -= rows % align
     group = 1
     if rows < _THREADS:
@@ -192,7 +192,7 @@ def cuda_model(stats):
         per_item = _cdiv(g["items"], g["blocks"])
         partials = _cdiv(g["blocks"], _THREADS)
         g1 = stats and g["G"] == 1  # one thread per row sums the row's partials
-            # the slot loops: a warp runs a round while any of its threads has a slot left
+        # the slot loops: a warp runs a round while any of its threads has a slot left
         rounds = _cdiv(g["rows"] * g["vpr"], 32) / (_THREADS // 32)
         want = dict(element=rounds, element_chunks=1,
                     tree_lanes=_cdiv(g["vpr"], g["G"]) if stats and not g1 else 0,

@@ -392,9 +392,10 @@ def test_triton_model_and_budget():
 
 def test_cuda_geometry_follows_the_plan():
     # dbl_plan.h rows_geometry: C = 80 -> 10 vectors a row; N = 4096 wants 1 round -> 25 rows per
-    # item, cut to 16 so that the item's 160 slots fill whole warps; G = 16 threads per row
-    assert static_check.cuda_geometry(4096, 80) == dict(vpr=10, rounds=1, rows=16, chunks=1, items=256, blocks=256,
-                                                        G=16)
+    # item (not cut to 16 for whole warps: that would lose over an eighth of them), G = 8 threads
+    # per row (pow2_floor(256 / 25))
+    assert static_check.cuda_geometry(4096, 80) == dict(vpr=10, rounds=1, rows=25, chunks=1, items=164, blocks=164,
+                                                        G=8)
     # C = 8192: 1024 vectors, 8 rounds -> 2 rows per item, 128 threads per row
     g = static_check.cuda_geometry(4096, 8192)
     assert (g["rounds"], g["rows"], g["G"], g["items"]) == (8, 2, 128, 2048)
@@ -428,12 +429,13 @@ def test_cuda_model_tells_loops_apart():
     assert roles == {1: "stats_chunks", 2: "stats_chunk_rounds", 3: "stats_rounds", 4: "tree_lanes",
                      5: "tree_halves", 6: "rows", 7: "element_chunks_w", 8: "element_w", 9: "element_chunks",
                      10: "element"}
-    # C = 80, statistics: 1 item of 16 rows, 160 slots: 5 of the 8 warps run the one round (5 / 8 a
-    # warp), 1 tree-lane trip, 4 halvings, the first warp the row constants, 1 sum trip
+    # C = 80, statistics: 1 item of 25 rows, 250 slots: every warp runs the one round (the last
+    # with 26 of its 32 lanes), ceil(10 / 8) = 2 tree-lane trips, 3 halvings, the first warp the
+    # row constants, 1 sum trip
     est = static_check.cuda_model(True)(cost, 80, 4096)
-    want = 200 + 100 + 40 * 5 / 8 + 8 + 4 * 12 + 80 / 8 + 20 + 250 * 5 / 8 + 13
-    assert est.sass == pytest.approx(32 * want / (16 * 80 / 8))
-    assert est.mufu == pytest.approx(5.0)
+    want = 200 + 100 + 40 + 2 * 8 + 3 * 12 + 80 / 8 + 20 + 250 + 13
+    assert est.sass == pytest.approx(32 * want / (25 * 80 / 8))
+    assert est.mufu == pytest.approx(32 * 40 / 250)
     # no statistics, 8 rounds; 8,192 rows: 4,096 items on the 396 resident blocks of 132 SMs -> 11
     # items a block; the 2 rows' constants in the first warp; 2 partials per thread to add
     est = static_check.cuda_model(False)(cost, 8192)

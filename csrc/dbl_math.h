@@ -212,13 +212,15 @@ DBL_HD float flog2(float v) {
 }
 
 // 1 / x with no MUFU instruction (the device's per-row math, see DeviceRowFns): Newton's iteration
-// from the bit-trick guess (relative error 1/8, squared each step: 4 steps reach rounding) for
-// |x| in [2^-125, 2^125]; +-inf at +-0, 0 at inf, NaN kept.
+// from the bit-trick guess (relative error 1/8, squared each step: 4 steps reach rounding). |x|
+// is capped at 2^126 first (beyond, the guess's bits would turn negative: NaN), where 1 / x is
+// below the smallest normal number and the result 0; +-inf at +-0, NaN kept.
 DBL_HD float frcp(float x) {
   const float m = ::fabsf(x);
-  float r = bits_float(0x7EF311C3 - float_bits(m));
+  const float big = 8.50705917e37f;  // 2^126
+  float r = bits_float(0x7EF311C3 - float_bits(m > big ? big : m));  // (a NaN compares false and stays)
   for (int i = 0; i < 4; ++i) r = r * (2.0f - m * r);
-  r = m == 0.0f ? INFINITY : (m == INFINITY ? 0.0f : r);
+  r = m == 0.0f ? INFINITY : (m > big ? 0.0f : r);
   return ::copysignf(r, x);
 }
 
@@ -453,8 +455,8 @@ DBL_HD T rebalance_raw(T q, T u, const ElemConsts<T>& k) {
   return k.alpha + Fn::rcp(T(1) + Fn::ex2(u * q + k.c0));
 }
 
-// Divisions in the per-row math go through Fn::rcp: on the device one MUFU instruction (within
-// 2^-22, far below the tolerance) instead of the IEEE division's slow-path call.
+// Divisions in the per-row math go through Fn::rcp: on the device (DeviceRowFns) a Newton
+// reciprocal, no MUFU instruction and no IEEE division's slow-path call.
 template <class Fn, class T> DBL_HD T rebalance_u(T stat, const Spec<T>& s) {
   return static_cast<T>(-1.4426950408889634) * s.map_beta * Fn::rcp(stat);
 }
@@ -549,11 +551,13 @@ DBL_HD double dabs(double x) { return ::fabs(x); }
 // then with u = sigmoid(x') = 1 - p_t and L = softplus(x') / ln 2: loss = W u^2 L and
 // d loss / d z = W u^2 (u + 2 ln2 p_t L) s_x, s_x = dx'/dz (W's ln 2 and s_x's log2(e) cancel).
 // Nothing after the first steps waits on the label (kept to the end, the eight labels of a vector
-// overflow the predicate registers). E = 2^x' (x' capped at 126, NaN kept: E finite, p_t normal),
+// overflow the predicate registers). E = 2^x' (x' capped at 125, NaN kept: E finite, p_t normal),
 // p_t = 1 / (1 + E), u = E p_t: exact in relative terms at both ends, with no select on the sign
 // of x'. L = E P(E) below E = 1/16, where lg2(1 + E) would carry lg2.approx's absolute error
 // (2^-22) and 1 + E's rounding as ~2^-22 / E relative; lg2(1 + E) above (3.7e-6 relative at
-// worst); x' itself past the cap. Five MUFU with the rebalance sigmoid's two.
+// worst); x' itself past the cap (there p_t stays 2^-125, the gradient's p_t L off by 2^-125 x',
+// below 1e-5 for |x'| < 1e32; an infinite logit on the wrong side gives an infinite gradient).
+// Five MUFU with the rebalance sigmoid's two.
 // ---------------------------------------------------------------------------------------------
 template <class T, class Fn, int WFORM, bool NTR, bool GRAD>
 DBL_HD T element_focal2_device(T z, bool pos, T f, T tw, T bias, const RowConst<T>& r, const ElemConsts<T>& k,
@@ -564,7 +568,7 @@ DBL_HD T element_focal2_device(T z, bool pos, T f, T tw, T bias, const RowConst<
   const T c = NTR ? T(1) : ln2;
   const T xb = (NTR ? z + bias : z) * sx;
   const T w = elem_weight<Fn>(WFORM, tw, r, k, c) * (f * lw);
-  const T E = Fn::ex2(xb > T(126) ? T(126) : xb);  // (a NaN compares false and stays)
+  const T E = Fn::ex2(xb > T(125) ? T(125) : xb);  // (a NaN compares false and stays)
   const T q = T(1) + E;
   const T pt = Fn::rcp(q);
   const T u = E * pt;

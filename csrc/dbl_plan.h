@@ -137,7 +137,7 @@ inline void finish_geometry(Geometry& g, int64_t max_blocks) {
   g.blocks = g.items < max_blocks ? g.items : max_blocks;
   g.step_rows = g.blocks / g.tiles * g.rows;
   g.step_tiles = g.blocks % g.tiles;
-  // exact while blocks * tiles < 2^40 (blocks <= kMaxBlocks = 2^12: tiles < 2^28, C < 2^42)
+  // exact while blocks * tiles < 2^40 (blocks <= kMaxBlocks = 2^12: tiles < 2^28)
   g.tile_magic = (uint64_t(1) << 40) / static_cast<uint64_t>(g.tiles) + 1;
 }
 
@@ -155,10 +155,10 @@ inline Geometry rows_geometry(int64_t N, int64_t vpr, int stats, bool fp64, int6
     if (rounds * kThreads < vpr) rounds = ceil_div(vpr, kThreads);
     g.rows = rounds * kThreads / vpr;
     if (g.rows > kMaxRows) g.rows = kMaxRows;
-    // rows * vpr a multiple of the warp size where rows allow: the last round's idle slots are then
-    // whole warps, which skip it (dbl_block.h Block::slot)
+    // rows * vpr a multiple of the warp size where that costs at most an eighth of the rows: the
+    // last round's idle slots are then whole warps, which skip it (dbl_block.h Block::slot)
     const int64_t align = 32 / gcd_pow2(vpr, 32);
-    if (g.rows >= align) g.rows -= g.rows % align;
+    if (g.rows >= align && (g.rows % align) * 8 <= g.rows) g.rows -= g.rows % align;
     g.rounds = static_cast<int>(ceil_div(g.rows * vpr, kThreads));
     g.chunks = 1;
     g.items = ceil_div(N, g.rows);

@@ -32,9 +32,10 @@ _POW_TWO = tl.constexpr(POW_TWO)
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(0.6931471805599453)
-# exp(xs) is taken of min(xs, _XS_MAX): 1 / (1 + e^xs) then stays a normal number (fp32: 2^-126),
-# so u = e^xs / (1 + e^xs) = 1 exactly there, and the loss takes xs itself beyond.
-_XS_MAX32 = tl.constexpr(126.0)
+# exp(xs) is taken of min(xs, _XS_MAX): 1 / (1 + e^xs) then stays a normal number (fp32: 2^-125,
+# one binade clear of the approximate reciprocal's flush to zero), so u = e^xs / (1 + e^xs) = 1
+# exactly there, and the loss takes xs itself beyond.
+_XS_MAX32 = tl.constexpr(125.0)
 _XS_MAX64 = tl.constexpr(700.0)
 # fp32 log1p(E) (in bits) below _SMALL_E: E (c0 + c1 E + c2 E^2), the minimax fit of relative error
 # (1.8e-6 with fp32 rounding) on [0, 1/16]; above, lg2(1 + E), whose absolute error (MUFU.LG2 2^-22

@@ -364,7 +364,8 @@ def _main_pass(acc, c_begin, c_end, P, R, S, F, BLOCK_C: tl.constexpr, VEC: tl.c
                C_TILES: tl.constexpr, EVEN_C: tl.constexpr):
     """Every column tile of the row tile in [c_begin, c_end): C_TILES > 0: exactly that many from 0,
     unrolled (constant offsets, no masks); else a loop over the full tiles, then the masked tail,
-    which EVEN_C (every chunk a multiple of BLOCK_C) compiles away."""
+    which EVEN_C (tuning.even_c: 1, every chunk a multiple of BLOCK_C; 2, of 2 BLOCK_C, the loop then
+    taking two tiles an iteration) compiles away."""
     if C_TILES > 0:
         for c in tl.static_range(C_TILES):
             acc = _tile(acc, None, _columns(c * BLOCK_C, BLOCK_C, VEC), 0, c_end, False, P, R, S, F)
@@ -410,7 +411,8 @@ def _fused_kernel(z_ptr, y_ptr, crow_ptr, col_ptr, wt_ptr, cp_ptr, aux_ptr, stat
     ``stats_ptr``: row statistics from ``_stats_kernel`` (STATS_BUFFER: [A | B] x stats_split x N);
     ``bmax_ptr``: its batch-max weight key (by_batch); STATS_GIVEN: ``row_stats`` (A | B) x N, and
     aux[1] = 1 / the batch max. ONE_TILE: the whole row is one tile (BLOCK_C >= C), whose labels
-    serve the statistics too. EVEN_C: every column chunk is a multiple of BLOCK_C (no masked tail).
+    serve the statistics too. EVEN_C: every column chunk is a multiple of BLOCK_C (1, no masked
+    tail) or of 2 BLOCK_C (2, tiles in pairs); see tuning.even_c.
     CSR: ``y_ptr`` holds the stored values (stride_y 0), with ``crow_ptr`` / ``col_ptr``; ASYM: the
     asymmetric element form (ASYM_*).
     """

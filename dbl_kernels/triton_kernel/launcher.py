@@ -355,7 +355,9 @@ def _fused(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Te
     elif needs_stats:
         stats_mode = STATS_BUFFER if (split > 1 or by_batch) else STATS_INLINE
     pow_ = pow_mode(focal, gamma)
-    even = tuning.even_c(n_cols, chunk, plan.widths, reweight_mode != REWEIGHT_NONE or pow_ != POW_NONE)
+    # pairs of column tiles for the heavy elements static_check covers (no weight tensor, fp32 math)
+    heavy = (reweight_mode != REWEIGHT_NONE or pow_ != POW_NONE) and weight is None and dtype != torch.float64
+    even = tuning.even_c(n_cols, chunk, plan.widths, heavy)
     consts = dict(REWEIGHT=reweight_mode, NORM=weight_norm, LOGIT_REG=bool(logit_reg),
                   POW=pow_, REDUCE_NONE=reduce_none, HAS_GRADIENTS=bool(need_grad),
                   HAS_WEIGHT=weight is not None, HARD_LABELS=hard, HAS_UNKNOWN=has_unknown, STATS=stats_mode,

@@ -153,10 +153,11 @@ def loop_configs(dtype, light=16):
 
 def even_c(n_cols, chunk, widths, heavy):
     """_fused_kernel's EVEN_C for a launch whose configs have column tiles of ``widths``: 2 where C
-    and every column chunk are multiples of twice each width and the element is ``heavy`` (a
-    re-weighting or a focal term: the column loop then takes two tiles an iteration, which saves
-    ~0.5-1 SASS instruction per element and costs registers; plain BCE, at ~20 an element, spilled
-    with fp32 logits), 1 where they are multiples of each width (no masked tail), else 0."""
+    and every column chunk are multiples of twice each width and the element is ``heavy`` (the
+    launcher's call: a re-weighting or a focal term, no weight tensor, fp32 math; the column loop
+    then takes two tiles an iteration, which saves ~0.5-1 SASS instruction per element and costs
+    registers: plain BCE, at ~20 an element, spilled with fp32 logits), 1 where they are multiples
+    of each width (no masked tail), else 0."""
     for even in (2, 1) if heavy else (1,):
         if all(n_cols % (even * b) == 0 and chunk % (even * b) == 0 for b in widths):
             return even
