@@ -197,21 +197,25 @@ struct F64Fns {
   static DBL_HD double exp_neg(double a) { return ::exp(-a); }
   static DBL_HD double log1p01(double e, double, double) { return ::log1p(e); }
   static DBL_HD double expm1(double x) { return ::expm1(x); }
-  static constexpr bool kApproxPow = false;
-  using Row = F64Fns;
+};
+
+// A policy: its fp32 functions (Float) beside the fp64 ones, and Float's constants.
+template <class Float>
+struct WithF64 : Float, F64Fns {
+  using Float::ex2, F64Fns::ex2;
+  using Float::lg2, F64Fns::lg2;
+  using Float::rcp, F64Fns::rcp;
+  using Float::exp_neg, F64Fns::exp_neg;
+  using Float::log1p01, F64Fns::log1p01;
+  using Float::expm1, F64Fns::expm1;
 };
 
 // CPU kernel: exact polynomials; l from log1p(e) directly.
-struct CpuFns : F64Fns {
-  using F64Fns::ex2;
-  using F64Fns::lg2;
-  using F64Fns::rcp;
-  using F64Fns::exp_neg;
-  using F64Fns::log1p01;
-  using F64Fns::expm1;
+struct CpuFloat {
   static constexpr bool kDevice = false;
   static constexpr bool kOneDivision = true;
-  using Row = CpuFns;
+  static constexpr bool kApproxPow = false;
+  using Row = WithF64<CpuFloat>;
   static DBL_HD float ex2(float x) { return fexp2(x); }
   static DBL_HD float lg2(float v) { return flog2(v); }
   static DBL_HD float rcp(float x) { return 1.0f / x; }
@@ -227,14 +231,15 @@ struct CpuFns : F64Fns {
   static DBL_HD float log1p01(float e, float, float) { return flog1p01(e); }
   static DBL_HD float expm1(float x) { return fexpm1(x); }
 };
+using CpuFns = WithF64<CpuFloat>;
 
 // The device's per-row math: CpuFns' polynomials and a Newton reciprocal, no MUFU instruction, so
 // the main paths' MUFU budget (5 an element) is all the elements'.
-struct DeviceRowFns : CpuFns {
-  using CpuFns::rcp;
+struct DeviceRowFloat : CpuFloat {
+  using Row = WithF64<DeviceRowFloat>;
   static DBL_HD float rcp(float x) { return frcp(x); }
-  using Row = DeviceRowFns;
 };
+using DeviceRowFns = WithF64<DeviceRowFloat>;
 
 // The device's formulas over three primitives I::ex2, I::lg2, I::rcp (fp32). lg2.approx has an
 // absolute error of up to 2^-22 near 1, so log1p(e) = ln 2 lg2(1 + e) (with the rounding of 1 + e
@@ -242,13 +247,7 @@ struct DeviceRowFns : CpuFns {
 // the error is <= 1.5e-6 relative; below, a polynomial. kDevice: the binary gamma = 2 path has a
 // form of its own (element_focal2_device). Rows: DeviceRowFns.
 template <class I>
-struct DeviceFormula : F64Fns {
-  using F64Fns::ex2;
-  using F64Fns::lg2;
-  using F64Fns::rcp;
-  using F64Fns::exp_neg;
-  using F64Fns::log1p01;
-  using F64Fns::expm1;
+struct DeviceFloat {
   static constexpr bool kDevice = true;
   static constexpr bool kOneDivision = false;
   // pow as ex2(g lg2(b)) carries lg2's relative error times g |lg2 b| (~1e-5 for b ~ 2^-24):
@@ -266,6 +265,8 @@ struct DeviceFormula : F64Fns {
   }
   static DBL_HD float expm1(float x) { return fexpm1(x); }
 };
+template <class I>
+using DeviceFormula = WithF64<DeviceFloat<I>>;
 
 #if defined(__CUDACC__)
 struct MufuIntrinsics {
